@@ -1,0 +1,10 @@
+"""pi-dec: shared plumbing for the Policy Decorator scripts in `offline/` and `online/`.
+
+Importing the package sets up Vulkan for SAPIEN (GPU when an NVIDIA driver is present, Mesa's
+lavapipe on CPU otherwise), so import it before `mani_skill2` or `sapien`. It does not import torch.
+"""
+
+from pi_dec.render import configure as _configure_render
+
+__version__ = "0.1.0"
+RENDER = _configure_render()
