@@ -4,7 +4,12 @@ Importing the package sets up Vulkan for SAPIEN (GPU when an NVIDIA driver is pr
 lavapipe on CPU otherwise), so import it before `mani_skill2` or `sapien`. It does not import torch.
 """
 
+import warnings
+
 from pi_dec.render import configure as _configure_render
+
+# sapien 2.2.2 imports pkg_resources (hence setuptools<82); its deprecation warning is noise here.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 __version__ = "0.1.0"
 RENDER = _configure_render()

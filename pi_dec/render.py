@@ -137,6 +137,38 @@ def configure() -> RenderChoice:
     return choice
 
 
+def vulkan_devices() -> list[str]:
+    """Names of the Vulkan devices the loader offers this process (after `configure`), via libvulkan."""
+    import ctypes
+
+    try:
+        vk = ctypes.CDLL("libvulkan.so.1")
+    except OSError:
+        return []
+
+    class InstanceCreateInfo(ctypes.Structure):
+        _fields_ = [("sType", ctypes.c_int), ("pNext", ctypes.c_void_p), ("flags", ctypes.c_uint32),
+                    ("pApplicationInfo", ctypes.c_void_p), ("enabledLayerCount", ctypes.c_uint32),
+                    ("ppEnabledLayerNames", ctypes.c_void_p), ("enabledExtensionCount", ctypes.c_uint32),
+                    ("ppEnabledExtensionNames", ctypes.c_void_p)]
+
+    info = InstanceCreateInfo(sType=1)  # VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO
+    instance = ctypes.c_void_p()
+    if vk.vkCreateInstance(ctypes.byref(info), None, ctypes.byref(instance)) != 0:
+        return []
+    count = ctypes.c_uint32(0)
+    vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), None)
+    handles = (ctypes.c_void_p * count.value)()
+    vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), handles)
+    names = []
+    for handle in handles[: count.value]:
+        props = ctypes.create_string_buffer(4096)  # VkPhysicalDeviceProperties is < 1 KiB
+        vk.vkGetPhysicalDeviceProperties(ctypes.c_void_p(handle), props)
+        names.append(props.raw[20:276].split(b"\0", 1)[0].decode(errors="replace"))  # deviceName
+    vk.vkDestroyInstance(instance, None)
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the lavapipe layer and show the render choice.")
     parser.add_argument("--build", action="store_true", help="build the Vulkan layer now (setup does this)")

@@ -21,8 +21,16 @@
  * physical devices share it, so it is the key to find an instance's next-layer entry points. */
 static void *dispatch_key(const void *handle) { return *(void *const *)handle; }
 
-typedef struct { void *key; VkInstance instance; PFN_vkGetInstanceProcAddr next_gipa; } InstanceEntry;
-typedef struct { void *key; PFN_vkGetDeviceProcAddr next_gdpa; } DeviceEntry;
+/* Next-layer entry points are resolved once, at creation: asking the loader later with the app's
+ * handle can return the top of the chain again (seen with Mesa's device-select layer). */
+typedef struct {
+    void *key;
+    PFN_vkGetInstanceProcAddr next_gipa;
+    PFN_vkDestroyInstance next_destroy;
+    PFN_vkCreateDevice next_create_device;
+    PFN_vkEnumerateDeviceExtensionProperties next_enum_device_ext;
+} InstanceEntry;
+typedef struct { void *key; PFN_vkGetDeviceProcAddr next_gdpa; PFN_vkDestroyDevice next_destroy; } DeviceEntry;
 
 static InstanceEntry instances[MAX_HANDLES];
 static DeviceEntry devices[MAX_HANDLES];
@@ -58,9 +66,15 @@ static VKAPI_ATTR VkResult VKAPI_CALL pidec_CreateInstance(const VkInstanceCreat
     VkResult res = next_create(info, alloc, out);
     if (res != VK_SUCCESS) return res;
 
+    InstanceEntry entry = {
+        dispatch_key(*out), next_gipa,
+        (PFN_vkDestroyInstance)next_gipa(*out, "vkDestroyInstance"),
+        (PFN_vkCreateDevice)next_gipa(*out, "vkCreateDevice"),
+        (PFN_vkEnumerateDeviceExtensionProperties)next_gipa(*out, "vkEnumerateDeviceExtensionProperties"),
+    };
     pthread_mutex_lock(&lock);
     InstanceEntry *slot = find_instance(NULL);
-    if (slot) *slot = (InstanceEntry){dispatch_key(*out), *out, next_gipa};
+    if (slot) *slot = entry;
     pthread_mutex_unlock(&lock);
     return slot ? VK_SUCCESS : VK_ERROR_TOO_MANY_OBJECTS;
 }
@@ -68,12 +82,10 @@ static VKAPI_ATTR VkResult VKAPI_CALL pidec_CreateInstance(const VkInstanceCreat
 static VKAPI_ATTR void VKAPI_CALL pidec_DestroyInstance(VkInstance instance, const VkAllocationCallbacks *alloc) {
     pthread_mutex_lock(&lock);
     InstanceEntry *entry = find_instance(dispatch_key(instance));
-    PFN_vkGetInstanceProcAddr next_gipa = entry ? entry->next_gipa : NULL;
+    PFN_vkDestroyInstance next_destroy = entry ? entry->next_destroy : NULL;
     if (entry) entry->key = NULL;
     pthread_mutex_unlock(&lock);
-    if (!next_gipa) return;
-    PFN_vkDestroyInstance next_destroy = (PFN_vkDestroyInstance)next_gipa(instance, "vkDestroyInstance");
-    next_destroy(instance, alloc);
+    if (next_destroy) next_destroy(instance, alloc);
 }
 
 static VKAPI_ATTR VkResult VKAPI_CALL pidec_CreateDevice(VkPhysicalDevice gpu, const VkDeviceCreateInfo *info,
@@ -90,12 +102,13 @@ static VKAPI_ATTR VkResult VKAPI_CALL pidec_CreateDevice(VkPhysicalDevice gpu, c
 
     pthread_mutex_lock(&lock);
     InstanceEntry *inst = find_instance(dispatch_key(gpu));
-    VkInstance instance = inst ? inst->instance : VK_NULL_HANDLE;
+    PFN_vkEnumerateDeviceExtensionProperties enum_ext = inst ? inst->next_enum_device_ext : NULL;
+    PFN_vkCreateDevice next_create = inst ? inst->next_create_device : NULL;
     pthread_mutex_unlock(&lock);
+    if (!next_create) next_create = (PFN_vkCreateDevice)next_gipa(VK_NULL_HANDLE, "vkCreateDevice");
+    if (!next_create) return VK_ERROR_INITIALIZATION_FAILED;
 
     /* The extensions the driver really supports. */
-    PFN_vkEnumerateDeviceExtensionProperties enum_ext =
-        (PFN_vkEnumerateDeviceExtensionProperties)next_gipa(instance, "vkEnumerateDeviceExtensionProperties");
     uint32_t n_supported = 0;
     VkExtensionProperties *supported = NULL;
     if (enum_ext && enum_ext(gpu, NULL, &n_supported, NULL) == VK_SUCCESS && n_supported) {
@@ -117,7 +130,6 @@ static VKAPI_ATTR VkResult VKAPI_CALL pidec_CreateDevice(VkPhysicalDevice gpu, c
     filtered.enabledExtensionCount = n_kept;
     filtered.ppEnabledExtensionNames = kept;
 
-    PFN_vkCreateDevice next_create = (PFN_vkCreateDevice)next_gipa(instance, "vkCreateDevice");
     VkResult res = next_create(gpu, &filtered, alloc, out);
     free(kept);
     free(supported);
@@ -125,7 +137,8 @@ static VKAPI_ATTR VkResult VKAPI_CALL pidec_CreateDevice(VkPhysicalDevice gpu, c
 
     pthread_mutex_lock(&lock);
     DeviceEntry *slot = find_device(NULL);
-    if (slot) *slot = (DeviceEntry){dispatch_key(*out), next_gdpa};
+    if (slot) *slot = (DeviceEntry){dispatch_key(*out), next_gdpa,
+                                    (PFN_vkDestroyDevice)next_gdpa(*out, "vkDestroyDevice")};
     pthread_mutex_unlock(&lock);
     return slot ? VK_SUCCESS : VK_ERROR_TOO_MANY_OBJECTS;
 }
@@ -133,12 +146,10 @@ static VKAPI_ATTR VkResult VKAPI_CALL pidec_CreateDevice(VkPhysicalDevice gpu, c
 static VKAPI_ATTR void VKAPI_CALL pidec_DestroyDevice(VkDevice device, const VkAllocationCallbacks *alloc) {
     pthread_mutex_lock(&lock);
     DeviceEntry *entry = find_device(dispatch_key(device));
-    PFN_vkGetDeviceProcAddr next_gdpa = entry ? entry->next_gdpa : NULL;
+    PFN_vkDestroyDevice next_destroy = entry ? entry->next_destroy : NULL;
     if (entry) entry->key = NULL;
     pthread_mutex_unlock(&lock);
-    if (!next_gdpa) return;
-    PFN_vkDestroyDevice next_destroy = (PFN_vkDestroyDevice)next_gdpa(device, "vkDestroyDevice");
-    next_destroy(device, alloc);
+    if (next_destroy) next_destroy(device, alloc);
 }
 
 EXPORT PFN_vkVoidFunction VKAPI_CALL pidec_GetDeviceProcAddr(VkDevice device, const char *name) {

@@ -1,0 +1,112 @@
+"""Build the (vectorized) ManiSkill2 envs every script uses.
+
+One env = ManiSkill2 task (sparse reward, state obs, a control mode)
+        -> [RecordEpisode video] -> episode statistics -> action clipping
+        -> frame stack to `obs_horizon` -> action-chunk execution.
+
+This module is what env worker processes import (AsyncVectorEnv pickles the thunk by reference),
+so it must not import torch or anything heavy beyond gymnasium and ManiSkill2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+import pi_dec  # noqa: F401  (sets up Vulkan before sapien is imported)
+
+
+class ActionChunkWrapper(gym.Wrapper):
+    """Execute a sequence of actions, (act_horizon, act_dim), as one step.
+
+    Rewards are summed; execution stops early at termination or truncation, and the obs/info returned
+    are those of the last executed step.
+    """
+
+    def step(self, action_seq):
+        reward_sum = 0.0
+        for action in action_seq:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            reward_sum += reward
+            if terminated or truncated:
+                break
+        return obs, reward_sum, terminated, truncated, info
+
+
+def check_env_id(env_id: str) -> None:
+    """Register ManiSkill2's and our envs, then fail clearly on an unknown id."""
+    import pi_dec.envs  # noqa: F401  (registers ManiSkill2's envs and the -v2 variants)
+
+    if env_id not in gym.registry:
+        known = [k for k in gym.registry if "-v" in k]
+        close = difflib.get_close_matches(env_id, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown env id {env_id!r}.{hint} The Policy Decorator tasks are StackCube-v0, "
+                         "PegInsertionSide-v2, TurnFaucet-v2 and PushChair-v2.")
+
+
+def asset_kwargs(obj_ids: Sequence[str] = (), asset_root: str | None = None,
+                 model_json: str | None = None) -> dict:
+    """Env kwargs that pick PartNet-Mobility models (TurnFaucet/PushChair); empty means the defaults."""
+    kwargs = {}
+    if len(obj_ids) > 0:
+        kwargs["model_ids"] = list(obj_ids)
+    if asset_root:
+        kwargs["asset_root"] = asset_root
+    if model_json:
+        kwargs["model_json"] = model_json
+    return kwargs
+
+
+def make_env(env_id: str, seed: int, control_mode: str | None = None, obs_horizon: int = 1,
+             video_dir: str | None = None, env_kwargs: dict | None = None, obs_mode: str = "state",
+             reward_mode: str = "sparse", act_chunks: bool = True) -> Callable[[], gym.Env]:
+    """A thunk that builds one wrapped env (for gym.vector.*VectorEnv)."""
+    env_kwargs = dict(env_kwargs or {})
+
+    def thunk() -> gym.Env:
+        check_env_id(env_id)
+        from mani_skill2.utils.wrappers import RecordEpisode
+
+        env = gym.make(env_id, reward_mode=reward_mode, obs_mode=obs_mode, control_mode=control_mode,
+                       render_mode="cameras" if video_dir else None, **env_kwargs)
+        if video_dir:
+            env = RecordEpisode(env, output_dir=video_dir, save_trajectory=False, info_on_video=True)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = gym.wrappers.ClipAction(env)
+        env = gym.wrappers.FrameStack(env, obs_horizon)
+        if act_chunks:
+            env = ActionChunkWrapper(env)
+        env.action_space.seed(seed)
+        env.observation_space.seed(seed)
+        return env
+
+    return thunk
+
+
+def make_vec_env(env_id: str, num_envs: int, seed: int, control_mode: str | None = None,
+                 obs_horizon: int = 1, video_dir: str | None = None, env_kwargs: dict | None = None,
+                 asynchronous: bool = True, **kwargs) -> gym.vector.VectorEnv:
+    """`num_envs` envs seeded seed, seed+1, ...; the video (if any) is recorded by env 0 only.
+
+    Async envs run in `forkserver` worker processes (fork is unsafe with torch threads and Vulkan).
+    """
+    check_env_id(env_id)  # fail here, not in a worker
+    from pi_dec.envs import preflight
+
+    preflight(env_id, env_kwargs)
+    thunks = [make_env(env_id, seed + i, control_mode, obs_horizon, video_dir if i == 0 else None,
+                       env_kwargs, **kwargs) for i in range(num_envs)]
+    if asynchronous and num_envs > 1:
+        return gym.vector.AsyncVectorEnv(thunks, context="forkserver")
+    return gym.vector.SyncVectorEnv(thunks)
+
+
+def finished_episodes(infos: dict) -> list[dict]:
+    """The `final_info` dicts of the envs whose episode ended in this vector step."""
+    if "final_info" not in infos:
+        return []
+    return [infos["final_info"][i] for i in np.where(infos["_final_info"])[0]]
