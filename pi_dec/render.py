@@ -7,12 +7,11 @@ loader and drops unsupported extensions from vkCreateDevice. Everything here wor
 environment variables, so it must run before `sapien` is imported; `import pi_dec` does it.
 
 Override the automatic choice with PI_DEC_RENDER=gpu (leave Vulkan alone) or PI_DEC_RENDER=cpu
-(force lavapipe). Run `python -m pi_dec.render --build` to build the layer ahead of time.
+(force lavapipe). `scripts/setup.sh` builds the layer ahead of time (`build_layer()`).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import os
@@ -133,6 +132,8 @@ def configure() -> RenderChoice:
                 layers = [x for x in os.environ.get("VK_INSTANCE_LAYERS", "").split(os.pathsep) if x]
                 if LAYER_NAME not in layers:
                     os.environ["VK_INSTANCE_LAYERS"] = os.pathsep.join(layers + [LAYER_NAME])
+    if choice.mode in ("cpu", "gpu"):
+        os.environ[RENDER_ENV_VAR] = choice.mode  # env worker processes inherit the same choice
     _choice = choice
     return choice
 
@@ -167,17 +168,3 @@ def vulkan_devices() -> list[str]:
         names.append(props.raw[20:276].split(b"\0", 1)[0].decode(errors="replace"))  # deviceName
     vk.vkDestroyInstance(instance, None)
     return names
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Build the lavapipe layer and show the render choice.")
-    parser.add_argument("--build", action="store_true", help="build the Vulkan layer now (setup does this)")
-    args = parser.parse_args()
-    if args.build:
-        print(f"pi_dec: Vulkan layer built in {build_layer(verbose=True)}")
-    choice = configure()
-    print(f"pi_dec: render mode {choice.mode} ({choice.reason})")
-
-
-if __name__ == "__main__":
-    main()
