@@ -63,9 +63,16 @@ def asset_kwargs(obj_ids: Sequence[str] = (), asset_root: str | None = None,
 
 def make_env(env_id: str, seed: int, control_mode: str | None = None, obs_horizon: int = 1,
              video_dir: str | None = None, env_kwargs: dict | None = None, obs_mode: str = "state",
-             reward_mode: str = "sparse", act_chunks: bool = True) -> Callable[[], gym.Env]:
-    """A thunk that builds one wrapped env (for gym.vector.*VectorEnv)."""
+             reward_mode: str = "sparse", act_chunks: bool = True,
+             max_episode_steps: int | None = None) -> Callable[[], gym.Env]:
+    """A thunk that builds one wrapped env (for gym.vector.*VectorEnv).
+
+    `act_chunks=True` makes the env take (act_horizon, act_dim) action sequences; `max_episode_steps`
+    overrides the task's time limit (200 for every Policy Decorator task).
+    """
     env_kwargs = dict(env_kwargs or {})
+    if max_episode_steps is not None:
+        env_kwargs["max_episode_steps"] = max_episode_steps
 
     def thunk() -> gym.Env:
         check_env_id(env_id)
