@@ -1,0 +1,95 @@
+"""Load ManiSkill2 demonstration files (`trajectory.h5` + `trajectory.json`) for the offline scripts.
+
+Every way a file can be wrong ends in one `DemoFileError` whose message names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+GENERATE_HINT = ("Generate demonstrations with `python -m pi_dec.demos --env-id <task> --out <folder>` "
+                 "(see README), or put the official files at this path.")
+
+
+class DemoFileError(ValueError):
+    """A demonstration file is missing or malformed."""
+
+
+def _episodes(json_path: Path, h5_path: Path) -> tuple[dict, list]:
+    if not json_path.exists():
+        raise DemoFileError(f"{json_path} is missing: a ManiSkill2 trajectory file comes as a pair "
+                            f"({h5_path.name} + {json_path.name}). {GENERATE_HINT}")
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DemoFileError(f"{json_path} is not valid JSON ({err}). {GENERATE_HINT}") from None
+    if not isinstance(meta, dict) or "env_info" not in meta or "episodes" not in meta:
+        raise DemoFileError(f"{json_path} is not a ManiSkill2 trajectory JSON (needs 'env_info' and "
+                            f"'episodes'). {GENERATE_HINT}")
+    return meta["env_info"], meta["episodes"]
+
+
+def recorded_control_mode(env_info: dict, episodes: list) -> str | None:
+    mode = (env_info.get("env_kwargs") or {}).get("control_mode")
+    return mode or (episodes[0].get("control_mode") if episodes else None)
+
+
+def load_demos(demo_path: str | Path, control_mode: str | None = None,
+               num_traj: int | None = None) -> list[dict]:
+    """The first `num_traj` trajectories (by index) as dicts of float32 arrays:
+    obs (L+1, obs_dim) and actions (L, act_dim).
+
+    `control_mode`, if given, must equal the mode the file was recorded in.
+    """
+    h5_path = Path(demo_path)
+    if not h5_path.exists():
+        raise DemoFileError(f"Demo file {h5_path} not found. {GENERATE_HINT}")
+    env_info, episodes = _episodes(h5_path.with_suffix(".json"), h5_path)
+    if not episodes:
+        raise DemoFileError(f"{h5_path} holds no episodes (its JSON lists none). {GENERATE_HINT}")
+
+    recorded = recorded_control_mode(env_info, episodes)
+    if control_mode is not None and recorded != control_mode:
+        raise DemoFileError(
+            f"{h5_path} was recorded with control mode {recorded!r}, but {control_mode!r} was asked for. "
+            f"Pass --control-mode {recorded}, or convert the demos with `python -m "
+            f"mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} -o state -c {control_mode} --save-traj`.")
+
+    ids = sorted(int(ep["episode_id"]) for ep in episodes)
+    if num_traj is not None:
+        if num_traj > len(ids):
+            raise DemoFileError(f"{num_traj} trajectories asked for, but {h5_path} has only {len(ids)}.")
+        ids = ids[:num_traj]
+
+    try:
+        h5 = h5py.File(h5_path, "r")
+    except OSError as err:
+        raise DemoFileError(f"{h5_path} is not an HDF5 file ({err}). {GENERATE_HINT}") from None
+    trajs = []
+    with h5:
+        for i in ids:
+            name = f"traj_{i}"
+            if name not in h5 or "actions" not in h5[name]:
+                raise DemoFileError(f"{h5_path} has no group {name} with 'actions', which its JSON lists: "
+                                    f"not a ManiSkill2 trajectory file, or the h5/json pair does not match.")
+            group = h5[name]
+            if "obs" not in group or not isinstance(group["obs"], h5py.Dataset):
+                kind = "image/dict observations" if "obs" in group else "no observations (obs_mode 'none')"
+                raise DemoFileError(
+                    f"{h5_path}:{name} has {kind}; the scripts need state observations. Convert with "
+                    f"`python -m mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} -o state "
+                    f"-c <control mode> --save-traj`.")
+            obs = np.asarray(group["obs"], dtype=np.float32)
+            actions = np.asarray(group["actions"], dtype=np.float32)
+            if obs.ndim != 2 or actions.ndim != 2 or len(obs) != len(actions) + 1:
+                raise DemoFileError(f"{h5_path}:{name}: obs {obs.shape} and actions {actions.shape} do not fit "
+                                    f"(need obs (L+1, obs_dim) and actions (L, act_dim)).")
+            if trajs and (obs.shape[1], actions.shape[1]) != (trajs[0]["obs"].shape[1], trajs[0]["actions"].shape[1]):
+                raise DemoFileError(f"{h5_path}:{name}: obs/action dims {obs.shape[1]}/{actions.shape[1]} differ "
+                                    f"from traj_{ids[0]}'s {trajs[0]['obs'].shape[1]}/{trajs[0]['actions'].shape[1]}.")
+            trajs.append({"obs": obs, "actions": actions})
+    return trajs

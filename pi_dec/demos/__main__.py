@@ -1,0 +1,3 @@
+from pi_dec.demos.cli import run
+
+run()
