@@ -27,7 +27,7 @@ def test_generated_demos_load_with_expected_shapes(demos, env_id):
     assert len(trajs) == summary["converted"][mode]["episodes"] >= 1
     for traj in trajs:
         assert traj["obs"].shape[1] == obs_dim and traj["actions"].shape[1] == act_dim
-        assert len(traj["obs"]) == len(traj["actions"]) + 1 <= 201
+        assert len(traj["obs"]) == len(traj["actions"]) + 1
         assert np.abs(traj["actions"]).max() <= 1.0 + 1e-6  # normalized delta actions
     meta = json.loads((out / "trajectory.json").read_text())
     assert meta["env_info"]["env_id"] == env_id
@@ -95,9 +95,11 @@ def test_box_grasp_closes_along_the_short_side():
             return approaching, closing, center
 
     rotation = np.eye(3)
-    approaching, closing, center = box_grasp_pose(Agent, [0.1, 0.2, 0.02], [0.10, 0.02, 0.02], rotation)
+    approaching, closing, center = box_grasp_pose(Agent, [0.1, 0.2, 0.05], [0.10, 0.02, 0.05], rotation)
     np.testing.assert_allclose(np.abs(closing), [0, 1, 0])  # y is the short horizontal side
-    np.testing.assert_allclose(center, [0.1, 0.2, 0.0])  # 2 cm below the top face, capped by half height
+    np.testing.assert_allclose(center, [0.1, 0.2, 0.075])  # finger depth (2.5 cm) below the top face
+    _, _, center = box_grasp_pose(Agent, [0, 0, 0.02], [0.02, 0.02, 0.02], rotation)
+    np.testing.assert_allclose(center, [0, 0, 0.02])  # a small cube: no deeper than its centre
     _, closing, _ = box_grasp_pose(Agent, [0, 0, 0.02], [0.02, 0.02, 0.02], rotation,
                                    prefer_closing=np.array([-1.0, 0, 0]))
     np.testing.assert_allclose(closing, [-1, 0, 0])  # a cube: the side closest to the current hand

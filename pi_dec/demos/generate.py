@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,19 +97,15 @@ def merge_shards(shard_paths: list[str], out_path: str) -> None:
 def convert(raw_h5: str, control_mode: str, num_procs: int = 1) -> Path:
     """Replay `raw_h5` (pd_joint_pos) into `control_mode` with state obs; returns the new h5 path.
 
-    Runs ManiSkill2's replay tool in a child process that has our -v2 ids registered (its pool forks,
-    so its workers inherit them). Episodes that fail after conversion are dropped by the tool.
+    Runs ManiSkill2's replay tool (through `pi_dec.demos.replay`, which knows our -v2 ids) in a child
+    process. Episodes that fail after conversion are dropped by the tool.
     """
     args = ["--traj-path", raw_h5, "--obs-mode", "state", "--target-control-mode", control_mode,
             "--save-traj", "--num-procs", str(num_procs)]
-    code = ("import sys, pi_dec, pi_dec.envs\n"
-            "from mani_skill2.trajectory import replay_trajectory as rt\n"
-            "rt.main(rt.parse_args(sys.argv[1:]))")
-    subprocess.run([sys.executable, "-c", code, *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL if os.environ.get("PI_DEC_QUIET_REPLAY", "1") == "1" else None)
+    result = subprocess.run([sys.executable, "-m", "pi_dec.demos.replay", *args], capture_output=True, text=True)
     out = Path(raw_h5).with_name(Path(raw_h5).stem + f".state.{control_mode}.h5")
-    if not out.exists():
-        raise RuntimeError(f"conversion to {control_mode} wrote no file ({out}); rerun with PI_DEC_QUIET_REPLAY=0")
+    if result.returncode != 0 or not out.exists():
+        raise RuntimeError(f"conversion to {control_mode} failed:\n{result.stderr[-3000:]}")
     fix_env_info(str(out))
     return out
 

@@ -19,8 +19,8 @@ class PlanningFailed(RuntimeError):
 
 
 class PandaPlanner:
-    def __init__(self, env, joint_vel_limit: float = 1.5, joint_acc_limit: float = 1.5,
-                 wrist_vel_limit: float = 2.6, wrist_acc_limit: float = 6.0):
+    def __init__(self, env, joint_vel_limit: float = 1.2, joint_acc_limit: float = 1.5,
+                 wrist_vel_limit: float = 1.8, wrist_acc_limit: float = 4.0):
         self.env = env  # the wrapped env (so RecordEpisode sees every step)
         self.base_env = env.unwrapped
         assert self.base_env.control_mode == "pd_joint_pos", self.base_env.control_mode
