@@ -10,6 +10,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 GENERATE_HINT = ("Generate demonstrations with `python -m pi_dec.demos --env-id <task> --out <folder>` "
                  "(see README), or put the official files at this path.")
@@ -93,3 +94,14 @@ def load_demos(demo_path: str | Path, control_mode: str | None = None,
                                     f"from traj_{ids[0]}'s {trajs[0]['obs'].shape[1]}/{trajs[0]['actions'].shape[1]}.")
             trajs.append({"obs": obs, "actions": actions})
     return trajs
+
+
+def random_batches(n: int, batch_size: int, device):
+    """Endless batches of indices into n training windows: a fresh random permutation per epoch, the
+    incomplete last batch dropped (as torch's BatchSampler with drop_last)."""
+    if n < batch_size:
+        raise ValueError(f"--batch-size {batch_size} is larger than the {n} training windows: lower it or add demos.")
+    while True:
+        perm = torch.randperm(n, device=device)
+        for i in range(n // batch_size):
+            yield perm[i * batch_size:(i + 1) * batch_size]

@@ -36,6 +36,10 @@ class ActionChunkWrapper(gym.Wrapper):
         return obs, reward_sum, terminated, truncated, info
 
 
+class UnknownEnvError(ValueError):
+    """An env id that neither ManiSkill2 nor pi_dec registers."""
+
+
 def check_env_id(env_id: str) -> None:
     """Register ManiSkill2's and our envs, then fail clearly on an unknown id."""
     import pi_dec.envs  # noqa: F401  (registers ManiSkill2's envs and the -v2 variants)
@@ -44,7 +48,7 @@ def check_env_id(env_id: str) -> None:
         known = [k for k in gym.registry if "-v" in k]
         close = difflib.get_close_matches(env_id, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown env id {env_id!r}.{hint} The Policy Decorator tasks are StackCube-v0, "
+        raise UnknownEnvError(f"Unknown env id {env_id!r}.{hint} The Policy Decorator tasks are StackCube-v0, "
                          "PegInsertionSide-v2, TurnFaucet-v2 and PushChair-v2.")
 
 
@@ -94,6 +98,14 @@ def make_env(env_id: str, seed: int, control_mode: str | None = None, obs_horizo
     return thunk
 
 
+def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
+    """Fail early, in the main process, on an unknown env id or missing assets."""
+    check_env_id(env_id)
+    from pi_dec.envs import preflight
+
+    preflight(env_id, env_kwargs)
+
+
 def make_vec_env(env_id: str, num_envs: int, seed: int, control_mode: str | None = None,
                  obs_horizon: int = 1, video_dir: str | None = None, env_kwargs: dict | None = None,
                  asynchronous: bool = True, **kwargs) -> gym.vector.VectorEnv:
@@ -101,10 +113,7 @@ def make_vec_env(env_id: str, num_envs: int, seed: int, control_mode: str | None
 
     Async envs run in `forkserver` worker processes (fork is unsafe with torch threads and Vulkan).
     """
-    check_env_id(env_id)  # fail here, not in a worker
-    from pi_dec.envs import preflight
-
-    preflight(env_id, env_kwargs)
+    check_env(env_id, env_kwargs)  # fail here, not in a worker
     thunks = [make_env(env_id, seed + i, control_mode, obs_horizon, video_dir if i == 0 else None,
                        env_kwargs, **kwargs) for i in range(num_envs)]
     if asynchronous and num_envs > 1:

@@ -47,10 +47,17 @@ def _reachable_grasp(planner: PandaPlanner, grasp: sapien.Pose) -> sapien.Pose:
     raise PlanningFailed("no reachable grasp")
 
 
-def _pick(planner: PandaPlanner, env, actor, half_size) -> sapien.Pose:
-    """Reach above `actor`, descend, close the gripper; returns the grasp pose."""
+def _pick(planner: PandaPlanner, env, actor, half_size, keep_orientation: bool = False) -> sapien.Pose:
+    """Reach above `actor`, descend, close the gripper; returns the grasp pose.
+
+    `keep_orientation` grasps with the hand's current orientation (the fingers square the cube up as
+    they close), so the demo stays replayable in pd_ee_delta_pos, which cannot rotate the hand.
+    """
     grasp = box_grasp_pose(env.agent, actor.pose.p, half_size, _rotation(actor), prefer_closing=_tcp_y(env))
-    grasp = _reachable_grasp(planner, grasp)
+    if keep_orientation:
+        grasp = sapien.Pose(grasp.p, env.tcp.pose.q)
+    else:
+        grasp = _reachable_grasp(planner, grasp)
     planner.move(grasp * sapien.Pose([0, 0, -0.05]))  # 5 cm above, along the approach axis
     planner.move(grasp)
     planner.set_gripper(CLOSED)
@@ -80,9 +87,10 @@ def solve_lift_cube(planner: PandaPlanner) -> dict:
 
 
 def solve_stack_cube(planner: PandaPlanner) -> dict:
-    """StackCube: grasp cube A, lift, place it on cube B, open the gripper."""
+    """StackCube: grasp cube A, lift, place it on cube B, open the gripper (without turning the hand,
+    so the demos convert to pd_ee_delta_pos, which the BeT StackCube command uses)."""
     env = planner.base_env
-    grasp = _pick(planner, env, env.cubeA, env.box_half_size)
+    grasp = _pick(planner, env, env.cubeA, env.box_half_size, keep_orientation=True)
     lift = sapien.Pose([0, 0, 0.1]) * grasp
     planner.move(lift)
     goal = env.cubeB.pose.p + [0, 0, 2 * env.box_half_size[2]]  # cube A's centre when stacked
@@ -146,10 +154,19 @@ SOLVERS = {
 }
 
 
-def solve(env, env_id: str) -> dict:
-    """Run the solver for `env_id` on a freshly reset env; return the last info (success or not)."""
+def solve(env, env_id: str, hold_steps: int = 5) -> dict:
+    """Run the solver for `env_id` on a freshly reset env; return the last info (success or not).
+
+    After the first success the arm holds still for `hold_steps` more steps, so that a converted
+    replay, which lags the original by a step or two, also ends in a successful state.
+    """
     planner = StopAtSuccess(env)
     try:
         return SOLVERS[env_id](planner)
     except Solved:
+        hold = planner.robot.get_qpos()[:7]
+        for _ in range(hold_steps):
+            if planner.last[3]:  # truncated: no time left
+                break
+            PandaPlanner.step(planner, hold)
         return planner.last[-1]

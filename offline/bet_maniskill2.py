@@ -1,0 +1,235 @@
+"""Train a Behavior Transformer (k-means action bins + offsets, minGPT) on ManiSkill2 demonstrations.
+
+    python offline/bet_maniskill2.py --env-id StackCube-v0 --demo-path data/StackCube/trajectory.h5 \
+        --control-mode pd_ee_delta_pos --batch-size 4096 --lr 0.001
+
+The policy sees the last `context_window` observations and outputs one action: the centre of the most
+likely action cluster plus that cluster's predicted offset. Writes output/<env_id>/Offline-BeT/<run>/
+with args.json, tensorboard logs and checkpoints/{best,<iter>}.pt ({'agent': state dict}).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
+from pi_dec.base_policies import BET_ALGO, BeTPolicy
+from pi_dec.demo_data import load_demos, random_batches
+from pi_dec.make_env import asset_kwargs, check_env, make_vec_env
+from pi_dec.run import Run, StepTimer, run_episodes, setup_torch, user_errors
+
+
+@dataclass
+class Args:
+    exp_name: str = "test"
+    """name of this experiment (last part of the run folder)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available"""
+    num_threads: int | None = None
+    """torch CPU threads (default: half the cores)"""
+    track: bool = False
+    """track with Weights and Biases"""
+    wandb_project_name: str = "policy_decorator"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team)"""
+    capture_video: bool = False
+    """record videos of the evaluation episodes (run folder/videos)"""
+
+    env_id: str = "TurnFaucet-v2"
+    """the task"""
+    demo_path: str = "data/TurnFaucet/trajectory.h5"
+    """demonstrations (ManiSkill2 trajectory .h5 with its .json)"""
+    num_demo_traj: int | None = None
+    """use the first N trajectories (all by default)"""
+    total_iters: int = 200_000
+    """training iterations"""
+    batch_size: int = 2048
+    """batch size (little gain beyond 2048)"""
+
+    lr: float = 1e-4
+    """learning rate (tune together with the batch size)"""
+    context_window: int = 20
+    """observations the transformer sees (important)"""
+    n_clusters: int = 8
+    """k-means action clusters (very important)"""
+    n_layers: int = 4
+    """transformer layers"""
+    n_heads: int = 4
+    """attention heads"""
+    n_embedding: int = 128
+    """transformer width"""
+    weight_decay: float = 2e-4
+    """AdamW weight decay of the transformer's Linear weights"""
+
+    output_dir: str = "output"
+    """root folder of runs"""
+    log_freq: int = 1000
+    """log losses every N iterations"""
+    eval_freq: int = 5000
+    """evaluate every N iterations"""
+    save_freq: int | None = 20_000
+    """save a checkpoint every N iterations (None: never)"""
+    num_eval_episodes: int = 100
+    """episodes per evaluation"""
+    num_eval_envs: int = 10
+    """parallel evaluation envs (too many biases towards short episodes)"""
+    sync_venv: bool = False
+    """evaluation envs in this process instead of worker processes"""
+    control_mode: str = "pd_ee_delta_pose"
+    """control mode; must match the demonstrations"""
+    obj_ids: list[str] = field(default_factory=list)
+    """PartNet-Mobility model ids for TurnFaucet/PushChair (default: the task's own)"""
+    asset_root: str | None = None
+    """folder of PartNet-Mobility models (default: $MS2_ASSET_DIR/partnet_mobility/dataset)"""
+    model_json: str | None = None
+    """PartNet-Mobility model json (default: ManiSkill2's)"""
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Data: windows of `context_window` consecutive (observation, action) pairs
+# ------------------------------------------------------------------------------------------------ #
+class WindowDataset:
+    """Window starts 0 .. L-context_window-1 of each trajectory, gathered by indexing one tensor.
+
+    NOTE(original): the last possible window of each trajectory (start L - context_window) is not
+    used, and trajectories shorter than the window are skipped.
+    """
+
+    def __init__(self, trajs: list[dict], context_window: int, device):
+        self.window = context_window
+        obs_chunks, act_chunks, starts = [], [], []
+        offset = skipped = 0
+        for i, traj in enumerate(trajs):
+            L = len(traj["actions"])
+            if L < context_window:
+                print(f"Skipped trajectory #{i}: {L} steps < context window {context_window}")
+                skipped += 1
+                continue
+            obs_chunks.append(torch.as_tensor(traj["obs"][:L]))  # the final observation has no action
+            act_chunks.append(torch.as_tensor(traj["actions"]))
+            starts.append(offset + torch.arange(L - context_window))
+            offset += L
+        if skipped:
+            print(f"Skipped {skipped} of {len(trajs)} trajectories; a context window <= "
+                  f"{min(len(t['actions']) for t in trajs)} would use them all.")
+        if not starts:
+            raise ValueError(f"No trajectory is longer than the context window ({context_window}).")
+        self.obs = torch.cat(obs_chunks).to(device)  # (transitions, obs_dim)
+        self.act = torch.cat(act_chunks).to(device)  # (transitions, act_dim)
+        self.start = torch.cat(starts).to(device)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs_seq (B, context_window, obs_dim), act_seq (B, context_window, act_dim)."""
+        steps = self.start[idx, None] + torch.arange(self.window, device=idx.device)
+        return self.obs[steps], self.act[steps]
+
+
+def make_optimizer(policy: BeTPolicy, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.999): the transformer's Linear weights decay; its biases, LayerNorms and
+    embeddings do not.
+
+    NOTE(original): the head (`_map_to_cbet_preds`) is added as a separate group without a weight decay
+    setting, so it gets AdamW's default of 0.01 (weight and bias); kept as in the released models.
+    """
+    decay, no_decay = [], []
+    for module in policy.net._gpt_model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            (decay if name == "weight" and isinstance(module, torch.nn.Linear) else no_decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999))
+    optimizer.add_param_group({"params": list(policy.net._map_to_cbet_preds.parameters())})
+    return optimizer
+
+
+# ------------------------------------------------------------------------------------------------ #
+def main(args: Args) -> Run:
+    assert args.num_eval_episodes % min(args.num_eval_envs, args.num_eval_episodes) == 0
+    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    check_env(args.env_id, env_kwargs)
+    device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
+    trajs = load_demos(args.demo_path, control_mode=args.control_mode, num_traj=args.num_demo_traj)
+    data = WindowDataset(trajs, args.context_window, device)
+    obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
+    print(f"{len(trajs)} demos, {len(data.obs)} transitions, {len(data)} windows")
+
+    run = Run(args, BET_ALGO, __file__)
+    agent = BeTPolicy(obs_dim, act_dim, args.context_window, args.n_clusters, args.n_layers, args.n_heads,
+                      args.n_embedding).to(device)
+    optimizer = make_optimizer(agent, args.lr, args.weight_decay)
+    agent.net.fit_clusters(data.act, iters=50)  # k-means over every demo action
+
+    eval_envs = None
+    if args.eval_freq and args.eval_freq <= args.total_iters:
+        n_envs = min(args.num_eval_envs, args.num_eval_episodes)
+        eval_envs = make_vec_env(args.env_id, n_envs, args.seed + 1000, args.control_mode, args.context_window,
+                                 video_dir=str(run.path / "videos") if args.capture_video else None,
+                                 env_kwargs=env_kwargs, asynchronous=not args.sync_venv, act_chunks=False)
+        eval_envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
+        assert eval_envs.single_observation_space.shape == (args.context_window, obs_dim), \
+            f"env observations {eval_envs.single_observation_space.shape[1:]} != demo observations ({obs_dim},)"
+        assert eval_envs.single_action_space.shape == (act_dim,), "env and demo action dims differ"
+
+    def evaluate() -> dict:
+        agent.eval()
+        act = lambda obs: agent.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()  # noqa: E731
+        result = run_episodes(args.num_eval_episodes, act, eval_envs)
+        agent.train()
+        return result
+
+    # ---------------------------------------------------------------------------------------- #
+    # ALGO LOGIC: focal loss on the nearest cluster + 1000 x MSE of its offset, every window step
+    # ---------------------------------------------------------------------------------------- #
+    best_success = -1.0
+    timer = StepTimer()
+    agent.train()
+    progress = tqdm(range(1, args.total_iters + 1), desc="BeT", dynamic_ncols=True)
+    for it, idx in zip(progress, random_batches(len(data), args.batch_size, device)):
+        obs_seq, act_seq = data.batch(idx)
+        loss, stats = agent.compute_loss(obs_seq, act_seq)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        timer.lap("update")
+
+        if it % args.log_freq == 0:
+            stats = {k: v.item() for k, v in stats.items()}  # host sync only when logging
+            progress.set_postfix(loss=f"{stats['total_loss']:.4f}")
+            run.log({**{f"losses/{k}": v for k, v in stats.items()},
+                     "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                     "time/wall_seconds": time.time() - run.start_time, **timer.scalars()}, it)
+        if eval_envs is not None and it % args.eval_freq == 0:
+            result = evaluate()
+            timer.lap("eval")
+            run.log({f"eval/{k}": np.mean(v) for k, v in result.items()}, it)
+            success = float(np.mean(result["success"]))
+            progress.write(f"iter {it}: eval success {success:.3f} over {len(result['success'])} episodes")
+            if success > best_success:
+                best_success = success
+                run.save({"agent": agent.state_dict()}, "best")
+        if args.save_freq and it % args.save_freq == 0:
+            run.save({"agent": agent.state_dict()}, str(it))
+    if eval_envs is None:  # never evaluated: the final weights are the best we know
+        run.save({"agent": agent.state_dict()}, "best")
+    else:
+        eval_envs.close()
+    run.close()
+    return run
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(tyro.cli(Args, description=__doc__))

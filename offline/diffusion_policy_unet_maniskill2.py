@@ -1,0 +1,247 @@
+"""Train a Diffusion Policy (1-D conditional U-Net, DDPM) on ManiSkill2 demonstrations.
+
+    python offline/diffusion_policy_unet_maniskill2.py --env-id PegInsertionSide-v2 \
+        --demo-path data/PegInsertionSide/trajectory.h5
+
+The policy sees the last `obs_horizon` observations, denoises a sequence of `pred_horizon` actions
+and executes `act_horizon` of them. Writes output/<env_id>/Offline-DiffusionPolicy-UNet/<run>/ with
+args.json, tensorboard logs and checkpoints/{best,<iter>}.pt ({'agent', 'ema_agent'} state dicts).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
+from pi_dec.base_policies import DP_ALGO, DiffusionPolicy
+from pi_dec.demo_data import load_demos, random_batches
+from pi_dec.make_env import asset_kwargs, check_env, make_vec_env
+from pi_dec.run import Run, StepTimer, run_episodes, setup_torch, user_errors
+
+
+@dataclass
+class Args:
+    exp_name: str = "test"
+    """name of this experiment (last part of the run folder)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available"""
+    num_threads: int | None = None
+    """torch CPU threads (default: half the cores)"""
+    track: bool = False
+    """track with Weights and Biases"""
+    wandb_project_name: str = "policy_decorator"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team)"""
+    capture_video: bool = False
+    """record videos of the evaluation episodes (run folder/videos)"""
+
+    env_id: str = "PegInsertionSide-v2"
+    """the task"""
+    demo_path: str = "data/PegInsertionSide/trajectory.h5"
+    """demonstrations (ManiSkill2 trajectory .h5 with its .json)"""
+    num_demo_traj: int | None = None
+    """use the first N trajectories (all by default)"""
+    total_iters: int = 1_000_000
+    """training iterations (easy tasks need fewer)"""
+    batch_size: int = 1024
+    """batch size (2048 did not improve further)"""
+
+    lr: float = 1e-4
+    """learning rate (1e-4 is a safe choice)"""
+    obs_horizon: int = 2
+    """observations the policy sees (1, 2, 4 all work in ManiSkill)"""
+    act_horizon: int = 4
+    """actions executed per decision (4, 8, 15 all work in ManiSkill)"""
+    pred_horizon: int = 16
+    """actions predicted per decision (16 -> 8 hurts; 32 barely helps)"""
+    diffusion_step_embed_dim: int = 64
+    """size of the diffusion-step embedding"""
+    unet_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    """channels per U-Net level (~4.5M parameters)"""
+    n_groups: int = 8
+    """GroupNorm groups (4 and 8 are similar)"""
+
+    output_dir: str = "output"
+    """root folder of runs"""
+    log_freq: int = 1000
+    """log losses every N iterations"""
+    eval_freq: int = 10_000
+    """evaluate every N iterations"""
+    save_freq: int | None = 100_000
+    """save a checkpoint every N iterations (None: never)"""
+    num_eval_episodes: int = 100
+    """episodes per evaluation"""
+    num_eval_envs: int = 10
+    """parallel evaluation envs (too many biases towards short episodes)"""
+    sync_venv: bool = False
+    """evaluation envs in this process instead of worker processes"""
+    control_mode: str = "pd_ee_delta_pose"
+    """control mode; must match the demonstrations"""
+    obj_ids: list[str] = field(default_factory=list)
+    """PartNet-Mobility model ids for TurnFaucet/PushChair (default: the task's own)"""
+    asset_root: str | None = None
+    """folder of PartNet-Mobility models (default: $MS2_ASSET_DIR/partnet_mobility/dataset)"""
+    model_json: str | None = None
+    """PartNet-Mobility model json (default: ManiSkill2's)"""
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Data: every window of the demonstrations, batched by indexing into padded tensors
+# ------------------------------------------------------------------------------------------------ #
+def pad_action_for(control_mode: str, act_dim: int) -> torch.Tensor:
+    """The action that means "stay": zero arm motion. Only delta (and velocity) control modes have one;
+    the gripper value is filled in per trajectory (the last one is kept)."""
+    # NOTE(original): "delta_pos" also matches pd_ee_delta_pose.
+    if "delta_pos" in control_mode or control_mode == "base_pd_joint_vel_arm_pd_joint_vel":
+        return torch.zeros(act_dim)
+    raise ValueError(f"Diffusion Policy pads action sequences with 'no motion', which control mode {control_mode!r} "
+                     "cannot express: use a delta mode (pd_ee_delta_pose, pd_ee_delta_pos, pd_joint_delta_pos) "
+                     "or base_pd_joint_vel_arm_pd_joint_vel.")
+
+
+class WindowDataset:
+    """All (obs window, action window) pairs, as index arithmetic on padded per-trajectory tensors.
+
+    A window starting at step s holds observations s .. s+obs_horizon-1 and actions s .. s+pred_horizon-1.
+    Starts run from -(obs_horizon-1) (observations repeat the first, actions the first action) to
+    L-obs_horizon, so every observation 0..L-1 is the latest one of some window; actions past the end
+    are "no motion" with the last gripper command.
+    """
+
+    def __init__(self, trajs: list[dict], obs_horizon: int, pred_horizon: int, control_mode: str, device):
+        self.obs_horizon, self.pred_horizon = obs_horizon, pred_horizon
+        pad_before, pad_after = obs_horizon - 1, pred_horizon - obs_horizon
+        obs_chunks, act_chunks, obs_starts, act_starts = [], [], [], []
+        obs_offset = act_offset = 0
+        for traj in trajs:
+            obs, act = torch.as_tensor(traj["obs"]), torch.as_tensor(traj["actions"])
+            L = len(act)
+            stay = pad_action_for(control_mode, act.shape[1])
+            stay[-1] = act[-1, -1]  # keep the gripper as it was
+            obs_chunks.append(torch.cat([obs[:1].repeat(pad_before, 1), obs]))
+            act_chunks.append(torch.cat([act[:1].repeat(pad_before, 1), act, stay.repeat(pad_after, 1)]))
+            # NOTE(fix): the original's range(-pad_before, L - obs_horizon) missed the last start, so the
+            # observation before the final action never served as the latest one; we include it.
+            starts = torch.arange(-pad_before, L - obs_horizon + 1)
+            obs_starts.append(obs_offset + pad_before + starts)
+            act_starts.append(act_offset + pad_before + starts)
+            obs_offset += len(obs_chunks[-1])
+            act_offset += len(act_chunks[-1])
+        self.obs = torch.cat(obs_chunks).to(device)  # (sum of padded lengths, obs_dim)
+        self.act = torch.cat(act_chunks).to(device)
+        self.obs_start = torch.cat(obs_starts).to(device)  # (num windows,)
+        self.act_start = torch.cat(act_starts).to(device)
+        self.num_transitions = sum(len(t["actions"]) for t in trajs)
+
+    def __len__(self) -> int:
+        return len(self.obs_start)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs_seq (B, obs_horizon, obs_dim), act_seq (B, pred_horizon, act_dim)."""
+        obs_idx = self.obs_start[idx, None] + torch.arange(self.obs_horizon, device=idx.device)
+        act_idx = self.act_start[idx, None] + torch.arange(self.pred_horizon, device=idx.device)
+        return self.obs[obs_idx], self.act[act_idx]
+
+
+# ------------------------------------------------------------------------------------------------ #
+def main(args: Args) -> Run:
+    assert args.obs_horizon + args.act_horizon - 1 <= args.pred_horizon, "need obs_horizon + act_horizon - 1 <= pred_horizon"
+    assert args.num_eval_episodes % min(args.num_eval_envs, args.num_eval_episodes) == 0
+    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    check_env(args.env_id, env_kwargs)
+    device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
+    trajs = load_demos(args.demo_path, control_mode=args.control_mode, num_traj=args.num_demo_traj)
+    data = WindowDataset(trajs, args.obs_horizon, args.pred_horizon, args.control_mode, device)
+    obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
+    print(f"{len(trajs)} demos, {data.num_transitions} transitions, {len(data)} windows")
+
+    run = Run(args, DP_ALGO, __file__)
+    agent = DiffusionPolicy(obs_dim, act_dim, args.obs_horizon, args.act_horizon, args.pred_horizon,
+                            args.diffusion_step_embed_dim, args.unet_dims, args.n_groups).to(device)
+    ema_agent = DiffusionPolicy(obs_dim, act_dim, args.obs_horizon, args.act_horizon, args.pred_horizon,
+                                args.diffusion_step_embed_dim, args.unet_dims, args.n_groups).to(device)
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-6)
+    # Cosine decay with 500 warm-up steps, stepped every batch.
+    lr_schedule = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=args.total_iters)
+    ema = EMAModel(parameters=agent.parameters(), power=0.75)
+
+    def checkpoint():
+        ema.copy_to(ema_agent.parameters())
+        return {"agent": agent.state_dict(), "ema_agent": ema_agent.state_dict()}
+
+    # Evaluation envs only when an evaluation will run (they are worker processes).
+    eval_envs = None
+    if args.eval_freq and args.eval_freq <= args.total_iters:
+        n_envs = min(args.num_eval_envs, args.num_eval_episodes)
+        eval_envs = make_vec_env(args.env_id, n_envs, args.seed + 1000, args.control_mode, args.obs_horizon,
+                                 video_dir=str(run.path / "videos") if args.capture_video else None,
+                                 env_kwargs=env_kwargs,
+                                 asynchronous=not args.sync_venv)
+        eval_envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
+        assert eval_envs.single_observation_space.shape == (args.obs_horizon, obs_dim), \
+            f"env observations {eval_envs.single_observation_space.shape[1:]} != demo observations ({obs_dim},)"
+        assert eval_envs.single_action_space.shape == (act_dim,), "env and demo action dims differ"
+
+    def evaluate() -> dict:
+        ema.copy_to(ema_agent.parameters())  # evaluate the EMA weights
+        act = lambda obs: ema_agent.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()  # noqa: E731
+        return run_episodes(args.num_eval_episodes, act, eval_envs)
+
+    # ---------------------------------------------------------------------------------------- #
+    # ALGO LOGIC: denoising loss on random windows
+    # ---------------------------------------------------------------------------------------- #
+    best_success = -1.0
+    timer = StepTimer()
+    agent.train()
+    progress = tqdm(range(1, args.total_iters + 1), desc="Diffusion Policy", dynamic_ncols=True)
+    for it, idx in zip(progress, random_batches(len(data), args.batch_size, device)):
+        obs_seq, act_seq = data.batch(idx)
+        loss = agent.compute_loss(obs_seq, act_seq)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(agent.parameters())
+        timer.lap("update")
+
+        if it % args.log_freq == 0:
+            loss_value = loss.item()  # the only host sync outside evaluation
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+            run.log({"losses/total_loss": loss_value, "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                     "time/wall_seconds": time.time() - run.start_time, **timer.scalars()}, it)
+        if eval_envs is not None and it % args.eval_freq == 0:
+            result = evaluate()
+            timer.lap("eval")
+            run.log({f"eval/{k}": np.mean(v) for k, v in result.items()}, it)
+            success = float(np.mean(result["success"]))
+            progress.write(f"iter {it}: eval success {success:.3f} over {len(result['success'])} episodes")
+            if success > best_success:
+                best_success = success
+                run.save(checkpoint(), "best")
+        if args.save_freq and it % args.save_freq == 0:
+            run.save(checkpoint(), str(it))
+    if eval_envs is None:  # never evaluated: the final weights are the best we know
+        run.save(checkpoint(), "best")
+    else:
+        eval_envs.close()
+    run.close()
+    return run
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(tyro.cli(Args, description=__doc__))

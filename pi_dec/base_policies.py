@@ -1,0 +1,162 @@
+"""The two base policies, shared by the offline scripts (which train them) and the online scripts (which
+freeze them), so checkpoint keys cannot drift. `state_dict()` keys equal the official checkpoints'.
+
+Also: building a base policy back from a checkpoint and its run's `args.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pi_dec.nets.bet import GPT, BehaviorTransformer
+from pi_dec.nets.unet1d import ConditionalUnet1D
+
+DP_ALGO = "Offline-DiffusionPolicy-UNet"  # args.json "algo_name" of the offline scripts (as in the original)
+BET_ALGO = "Offline-BeT"
+NUM_DIFFUSION_ITERS = 100
+
+
+class DiffusionPolicy(nn.Module):
+    """Denoises an action sequence (pred_horizon, act_dim) conditioned on an observation window."""
+
+    def __init__(self, obs_dim: int, act_dim: int, obs_horizon: int, act_horizon: int, pred_horizon: int,
+                 diffusion_step_embed_dim: int = 64, unet_dims=(64, 128, 256), n_groups: int = 8):
+        super().__init__()
+        assert obs_horizon + act_horizon - 1 <= pred_horizon, "obs_horizon + act_horizon - 1 must be <= pred_horizon"
+        self.obs_horizon, self.act_horizon, self.pred_horizon = obs_horizon, act_horizon, pred_horizon
+        self.act_dim = act_dim
+        self.noise_pred_net = ConditionalUnet1D(
+            input_dim=act_dim, global_cond_dim=obs_horizon * obs_dim,
+            diffusion_step_embed_dim=diffusion_step_embed_dim, down_dims=list(unet_dims), n_groups=n_groups)
+        self.noise_scheduler = make_scheduler("ddpm")
+
+    def use_ddim(self, steps: int) -> None:
+        """Sample with DDIM in `steps` denoising steps (the online scripts use 4)."""
+        self.noise_scheduler = make_scheduler("ddim", steps)
+
+    def compute_loss(self, obs_seq: torch.Tensor, act_seq: torch.Tensor) -> torch.Tensor:
+        # obs_seq: (B, obs_horizon, obs_dim), act_seq: (B, pred_horizon, act_dim)
+        B = obs_seq.shape[0]
+        noise = torch.randn_like(act_seq)
+        t = torch.randint(0, NUM_DIFFUSION_ITERS, (B,), device=obs_seq.device)
+        noisy = self.noise_scheduler.add_noise(act_seq, noise, t)  # forward diffusion
+        return F.mse_loss(self.noise_pred_net(noisy, t, global_cond=obs_seq.flatten(1)), noise)
+
+    @torch.no_grad()
+    def get_action(self, obs_seq: torch.Tensor) -> torch.Tensor:
+        """(B, obs_horizon, obs_dim) -> the executed chunk (B, act_horizon, act_dim)."""
+        cond = obs_seq.flatten(1)
+        act_seq = torch.randn(obs_seq.shape[0], self.pred_horizon, self.act_dim, device=obs_seq.device)
+        for t in self.noise_scheduler.timesteps:
+            eps = self.noise_pred_net(act_seq, t, global_cond=cond)
+            act_seq = self.noise_scheduler.step(model_output=eps, timestep=t, sample=act_seq).prev_sample
+        start = self.obs_horizon - 1  # the first predicted step aligned with the latest observation
+        return act_seq[:, start:start + self.act_horizon]
+
+
+def make_scheduler(kind: str, inference_steps: int | None = None):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
+    scheduler = cls(num_train_timesteps=NUM_DIFFUSION_ITERS,
+                    beta_schedule="squaredcos_cap_v2",  # large effect on performance
+                    clip_sample=True,  # actions live in [-1, 1]
+                    prediction_type="epsilon")  # the net predicts the noise
+    if inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps=inference_steps)
+    return scheduler
+
+
+class BeTPolicy(nn.Module):
+    """Behavior Transformer over a `context_window` of observations; acts with the last step's output."""
+
+    def __init__(self, obs_dim: int, act_dim: int, context_window: int = 20, n_clusters: int = 8,
+                 n_layers: int = 4, n_heads: int = 4, n_embedding: int = 128):
+        super().__init__()
+        self.context_window = context_window
+        gpt = GPT(input_dim=obs_dim, output_dim=256, block_size=context_window, n_layer=n_layers,
+                  n_head=n_heads, n_embd=n_embedding)
+        self.net = BehaviorTransformer(act_dim, gpt, n_clusters)
+
+    def compute_loss(self, obs_seq, act_seq):
+        return self.net.loss(obs_seq, act_seq)
+
+    @torch.no_grad()
+    def get_action(self, obs_seq: torch.Tensor) -> torch.Tensor:
+        """(B, context_window, obs_dim) -> (B, act_dim)."""
+        return self.net.act(obs_seq)[:, -1]
+
+
+# --------------------------------------------------------------------------------------------- #
+# Loading a checkpoint back
+# --------------------------------------------------------------------------------------------- #
+class CheckpointError(ValueError):
+    """A base-policy checkpoint is missing, incomplete, or of the wrong kind."""
+
+
+def policy_kind(state_dict: dict) -> str:
+    if any(k.startswith("noise_pred_net.") for k in state_dict):
+        return "diffusion"
+    if any(k.startswith("net._gpt_model.") for k in state_dict):
+        return "bet"
+    raise CheckpointError("checkpoint holds neither a Diffusion Policy (noise_pred_net.*) nor a BeT (net._gpt_model.*)")
+
+
+def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
+    """(state dict, args.json of the run): the first present of ema_agent/agent/actor/q, and the
+    args.json two folders above the .pt file (`<run>/checkpoints/<tag>.pt`)."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise CheckpointError(f"Base-policy checkpoint {ckpt_path} not found. Train one with offline/*.py "
+                              "(it writes <run>/checkpoints/best.pt) or put the official one there.")
+    args_path = ckpt_path.parent.parent / "args.json"
+    if not args_path.is_file():
+        raise CheckpointError(f"{args_path} not found: a checkpoint must sit in <run>/checkpoints/ with the run's "
+                              "args.json in <run>/ (the offline scripts and the official release use this layout).")
+    run_args = json.loads(args_path.read_text())
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    for key in ("ema_agent", "agent", "actor", "q"):
+        if isinstance(ckpt, dict) and key in ckpt:
+            return ckpt[key], run_args
+    raise CheckpointError(f"{ckpt_path} has none of the keys ema_agent, agent, actor, q: not a policy checkpoint.")
+
+
+def load_base_policy(ckpt_path: str | Path, kind: str, obs_dim: int, act_dim: int,
+                     overrides: dict | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the base policy from its checkpoint and args.json, load the weights, freeze it.
+
+    `kind` ('diffusion' or 'bet') is what the calling script expects; `overrides` replace args.json
+    values (e.g. the online DP script's act_horizon).
+    """
+    state, run_args = read_checkpoint(ckpt_path)
+    found = policy_kind(state)
+    if found != kind:
+        script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py"}
+        raise CheckpointError(f"{ckpt_path} is a {found} checkpoint, but this script expects a {kind} one: "
+                              f"use {script[found]}.")
+    cfg = {**run_args, **(overrides or {})}
+    if kind == "diffusion":
+        policy = DiffusionPolicy(obs_dim, act_dim, cfg["obs_horizon"], cfg["act_horizon"], cfg["pred_horizon"],
+                                 cfg["diffusion_step_embed_dim"], cfg["unet_dims"], cfg["n_groups"])
+    else:
+        policy = BeTPolicy(obs_dim, act_dim, cfg["context_window"], cfg["n_clusters"], cfg["n_layers"],
+                           cfg["n_heads"], cfg["n_embedding"])
+    expected = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])[:3]
+        missing = sorted(expected.keys() - got.keys())[:3]
+        hint = ""
+        if kind == "diffusion" and "noise_pred_net.down_modules.0.0.cond_encoder.1.weight" in got:
+            n_in = got["noise_pred_net.down_modules.0.0.cond_encoder.1.weight"][1]
+            hint = f" (the checkpoint's condition has {n_in} inputs, the env gives {cfg['obs_horizon'] * obs_dim} + step embedding)"
+        raise CheckpointError(f"{ckpt_path} does not fit this env (obs dim {obs_dim}, act dim {act_dim}){hint}: "
+                              f"shape mismatch in {wrong or missing}. Was it trained on another task or control mode?")
+    policy.load_state_dict(state)
+    policy.eval().requires_grad_(False)
+    return policy, cfg

@@ -1,0 +1,1 @@
+"""Network modules. Parameter names follow the official checkpoints (see tests/test_checkpoint_layout.py)."""

@@ -1,0 +1,152 @@
+"""Run plumbing shared by every script: output folder, args.json, tensorboard/wandb, seeding, device,
+atomic checkpoint writes, evaluation episodes, and a small step timer."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import random
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pi_dec.make_env import UnknownEnvError, finished_episodes
+
+
+def default_threads() -> int:
+    """Half the cores: on a shared 2-core machine one torch thread beat two by 1.3-2.9x (env workers
+    and the data pipeline need the other core)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def setup_torch(seed: int, cuda: bool, num_threads: int | None, deterministic: bool = True) -> torch.device:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.set_num_threads(num_threads or default_threads())
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Run:
+    """The run folder `<output_dir>/<env_id>/<algo>/<date-time>_<seed>_<exp_name>/` with args.json,
+    tensorboard events (and wandb with --track) and checkpoints/."""
+
+    def __init__(self, args, algo_name: str, script: str, path: str | Path | None = None):
+        config = dataclasses.asdict(args) | {"algo_name": algo_name, "script": script}
+        if path is None:
+            tag = f"{datetime.datetime.now().strftime('%y%m%d-%H%M%S')}_{args.seed}"
+            tag += f"_{args.exp_name}" if args.exp_name else ""
+            path = Path(args.output_dir) / args.env_id / algo_name / tag
+        self.path = Path(path)
+        self.name = str(self.path.relative_to(args.output_dir)) if self.path.is_relative_to(args.output_dir) else self.path.name
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "args.json").exists():
+            atomic_write_text(self.path / "args.json", json.dumps(config, indent=4))
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=config, name=self.name.replace(os.sep, "__"), save_code=True,
+                       dir=str(self.path), resume="allow", id=self.name.replace(os.sep, "__")[-128:])
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.path))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
+                             "\n".join(f"|{k}|{v}|" for k, v in config.items()))
+        self.ckpt_dir = self.path / "checkpoints"
+        self.start_time = time.time()
+
+    def log(self, scalars: dict, step: int) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, float(value), step)
+
+    def save(self, obj, tag: str) -> Path:
+        path = self.ckpt_dir / f"{tag}.pt"
+        atomic_torch_save(obj, path)
+        return path
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def run_episodes(n: int, act, envs) -> dict[str, list]:
+    """Step `envs` with `act(obs)` until `n` episodes have ended; return, length and success of each.
+
+    NOTE(original): envs are reset without a seed: they were seeded once when created, so successive
+    evaluations see new episodes (and may end with a few more than n).
+    """
+    result = defaultdict(list)
+    obs, _ = envs.reset()
+    while len(result["success"]) < n:
+        obs, _, _, _, infos = envs.step(act(obs))
+        for info in finished_episodes(infos):
+            result["return"].append(float(np.ravel(info["episode"]["r"])[0]))
+            result["len"].append(int(np.ravel(info["episode"]["l"])[0]))
+            result["success"].append(float(info["success"]))
+    return result
+
+
+class StepTimer:
+    """Wall time per named phase, for the `time/` tensorboard tags."""
+
+    def __init__(self):
+        self.totals = defaultdict(float)
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.totals[name] += now - self.last
+        self.last = now
+
+    def scalars(self, prefix: str = "time/") -> dict:
+        return {f"{prefix}{k}": v for k, v in self.totals.items()}
+
+
+class user_errors:
+    """Context manager for scripts' __main__: known input errors end the program with one clear line
+    (exit status 2) instead of a traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        from pi_dec.base_policies import CheckpointError
+        from pi_dec.demo_data import DemoFileError
+        from pi_dec.envs import MissingAssetError
+
+        if exc_type is not None and issubclass(exc_type, (CheckpointError, DemoFileError, MissingAssetError,
+                                                          UnknownEnvError)):
+            import sys
+
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2)
+        return False
