@@ -60,8 +60,8 @@ class Run:
     """The run folder `<output_dir>/<env_id>/<algo>/<date-time>_<seed>_<exp_name>/` with args.json,
     tensorboard events (and wandb with --track) and checkpoints/."""
 
-    def __init__(self, args, algo_name: str, script: str, path: str | Path | None = None):
-        config = dataclasses.asdict(args) | {"algo_name": algo_name, "script": script}
+    def __init__(self, args, algo_name: str, script: str, path: str | Path | None = None, extra: dict | None = None):
+        config = dataclasses.asdict(args) | {"algo_name": algo_name, "script": script} | (extra or {})
         if path is None:
             tag = f"{datetime.datetime.now().strftime('%y%m%d-%H%M%S')}_{args.seed}"
             tag += f"_{args.exp_name}" if args.exp_name else ""

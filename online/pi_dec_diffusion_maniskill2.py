@@ -1,0 +1,63 @@
+"""Policy Decorator around a frozen Diffusion Policy: learn a residual policy online with SAC.
+
+    python online/pi_dec_diffusion_maniskill2.py --env-id PegInsertionSide-v2 \
+        --base-policy-ckpt checkpoints/diffusion_PegInsertionSide/checkpoints/best.pt \
+        --res-scale 0.1 --prog-explore 30_000
+
+Each decision the base policy denoises an action chunk with DDIM (--ddim-steps) from the last
+obs_horizon observations; the residual actor sees the latest observation and outputs a correction for
+the whole chunk of --act-horizon actions:
+
+    executed chunk = base(obs) + res_scale * residual(obs),  residual in [-1, 1]^(act_horizon x act_dim)
+
+The residual is used in each env with probability min(step / prog_explore, 1). The SAC loop, the
+critic inputs and the bootstrap handling are in pi_dec/policy_decorator.py (shared with the BeT script).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import tyro
+
+import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
+from pi_dec.policy_decorator import OnlineArgs, load_frozen_base, train
+from pi_dec.run import user_errors
+
+ALGO_NAME = "PolicyDecorator-DiffusionPolicy"
+
+
+@dataclass
+class Args(OnlineArgs):
+    env_id: str = "PegInsertionSide-v2"
+    """the task"""
+    base_policy_ckpt: str = "checkpoints/diffusion_PegInsertionSide/checkpoints/best.pt"
+    """Diffusion Policy checkpoint (<run>/checkpoints/<tag>.pt, with <run>/args.json)"""
+    total_timesteps: int = 4_000_000
+    """decisions x envs to collect"""
+    res_scale: float = 0.1
+    """how far the residual may move the base action (alpha in the paper; tune per task)"""
+    prog_explore: int = 100_000
+    """steps until the residual is used in every env (H in the paper; tune per task)"""
+    ddim_steps: int = 4
+    """DDIM denoising steps of the base policy (it was trained with 100 DDPM steps)"""
+    act_horizon: int = 4
+    """actions executed per decision (overrides the base policy's)"""
+
+
+def main(args: Args):
+    # The frozen base: rebuilt from its args.json, sampled with DDIM, executing act_horizon actions.
+    base, cfg, device = load_frozen_base(args, "diffusion", overrides={"act_horizon": args.act_horizon})
+    base.use_ddim(args.ddim_steps)
+
+    def base_act(obs_seq: torch.Tensor) -> torch.Tensor:  # (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim)
+        return base.get_action(obs_seq)
+
+    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=args.act_horizon,
+                 obs_horizon=cfg["obs_horizon"], device=device)
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(tyro.cli(Args, description=__doc__))

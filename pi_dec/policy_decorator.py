@@ -1,0 +1,505 @@
+"""Policy Decorator, online: a frozen base policy refined by a residual policy learned with SAC.
+
+Both online scripts (`online/pi_dec_diffusion_maniskill2.py`, `online/pi_dec_bet_maniskill2.py`) run
+`train()` below; they differ only in how the base policy is built and in their defaults. The whole
+method is in this file, top to bottom:
+
+    action      = base(obs) + res_scale * residual(obs)           (the decorated policy, `combine`)
+    P(residual) = min(global_step / prog_explore, 1) per env        (progressive exploration)
+    reward      = sparse success reward - 1                         (as in the original)
+    critic sees = residual | base + res_scale * residual | [residual, base]   (--critic-input)
+
+One "decision" executes a chunk of `act_horizon` actions (Diffusion Policy: 4; BeT: 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
+from pi_dec.nets.sac import ResidualActor, SoftQNetwork, xavier_init_
+from pi_dec.run import Run, StepTimer, atomic_torch_save, run_episodes, setup_torch
+
+
+@dataclass
+class OnlineArgs:
+    """Flags shared by both online scripts (each script sets its own defaults on top)."""
+
+    exp_name: str = "test"
+    """name of this experiment (last part of the run folder)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available"""
+    num_threads: int | None = None
+    """torch CPU threads (default: half the cores)"""
+    track: bool = False
+    """track with Weights and Biases"""
+    wandb_project_name: str = "policy_decorator"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team)"""
+    capture_video: bool = False
+    """record videos of the evaluation episodes (run folder/videos)"""
+
+    env_id: str = "PegInsertionSide-v2"
+    """the task"""
+    base_policy_ckpt: str = "checkpoints/diffusion_PegInsertionSide/checkpoints/best.pt"
+    """base-policy checkpoint (<run>/checkpoints/<tag>.pt, with <run>/args.json)"""
+    total_timesteps: int = 4_000_000
+    """decisions x envs to collect"""
+    buffer_size: int | None = None
+    """replay buffer capacity in transitions (default: total_timesteps)"""
+    gamma: float = 0.97
+    """discount factor (per decision)"""
+    tau: float = 0.01
+    """target-network smoothing"""
+    batch_size: int = 1024
+    """SAC batch size"""
+    learning_starts: int = 8000
+    """transitions in the buffer before updates begin"""
+    policy_lr: float = 1e-4
+    """residual actor learning rate"""
+    q_lr: float = 1e-4
+    """critic (and entropy temperature) learning rate"""
+    policy_frequency: int = 1
+    """actor update every N critic updates"""
+    target_network_frequency: int = 1
+    """target update every N critic updates"""
+    sac_alpha: float = 0.2
+    """entropy temperature when not autotuned"""
+    autotune: bool = True
+    """tune the entropy temperature (target entropy = -residual dim)"""
+    max_grad_norm: float = 50.0
+    """gradient clipping"""
+    utd: float = 0.25
+    """updates per collected transition"""
+    training_freq: int = 64
+    """transitions collected between rounds of updates (a multiple of num_envs)"""
+    bootstrap_at_done: Literal["always", "never", "truncated"] = "truncated"
+    """bootstrap through episode ends: 'truncated' (only time-outs), 'always', or 'never'"""
+
+    res_scale: float = 0.1
+    """how far the residual may move the base action (alpha in the paper)"""
+    prog_explore: int = 100_000
+    """steps until the residual is used in every env (H in the paper)"""
+    critic_input: Literal["res", "sum", "concat"] = "sum"
+    """action the critic sees: residual, base + res_scale * residual, or [residual, base]"""
+    actor_input: Literal["obs", "obs_base_action"] = "obs"
+    """residual actor input: latest observation, or that plus the base action"""
+    log_std_min: float = -20.0
+    """lower bound of the actor's log std"""
+
+    output_dir: str = "output"
+    """root folder of runs"""
+    eval_freq: int = 50_000
+    """evaluate every N steps"""
+    num_envs: int = 16
+    """parallel training envs"""
+    num_eval_episodes: int = 50
+    """episodes per evaluation"""
+    num_eval_envs: int = 5
+    """parallel evaluation envs"""
+    sync_venv: bool = False
+    """envs in this process instead of worker processes"""
+    log_freq: int = 20_000
+    """log training statistics every N steps"""
+    save_freq: int | None = 1_000_000
+    """checkpoint every N steps and at the end (None: only at the end)"""
+    save_buffer: bool = True
+    """include the replay buffer in checkpoints (needed for an exact --resume)"""
+    resume: str | None = None
+    """continue the run of this checkpoint, in its folder"""
+    obj_ids: list[str] = field(default_factory=list)
+    """PartNet-Mobility model ids for TurnFaucet/PushChair (default: the held-out ones)"""
+    asset_root: str | None = None
+    """folder of PartNet-Mobility models (default: $MS2_ASSET_DIR/partnet_mobility/dataset)"""
+    model_json: str | None = None
+    """PartNet-Mobility model json (default: ManiSkill2's)"""
+
+
+# ------------------------------------------------------------------------------------------------ #
+# The decorated policy and its exploration schedule
+# ------------------------------------------------------------------------------------------------ #
+def exploration_prob(global_step: int, prog_explore: int) -> float:
+    """Probability that an env uses the residual at this step: grows linearly to 1 over prog_explore."""
+    return min(global_step / prog_explore, 1.0)
+
+
+def combine(base_seq: torch.Tensor, res: torch.Tensor, res_scale: float) -> torch.Tensor:
+    """The executed chunk: base (N, H, A) + res_scale * residual (N, H*A), reshaped to (N, H, A)."""
+    return base_seq + res_scale * res.view(base_seq.shape)
+
+
+def critic_action(res: torch.Tensor, base: torch.Tensor, res_scale: float, critic_input: str) -> torch.Tensor:
+    """What the critic sees as the action (all flattened (B, H*A))."""
+    if critic_input == "res":
+        return res
+    if critic_input == "sum":
+        return base + res_scale * res
+    return torch.cat([res, base], dim=1)  # concat
+
+
+def bootstrap_masks(terminated: np.ndarray, truncated: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(stop_bootstrap, need_final_obs) per env for an episode end.
+
+    'truncated': stop only at termination, and use the final observation after a time-out;
+    'always': never stop, use the final observation at any end; 'never': stop at any end.
+    """
+    done = terminated | truncated
+    if mode == "never":
+        return done, np.zeros_like(done)
+    if mode == "always":
+        return np.zeros_like(done), done
+    return terminated.copy(), truncated & ~terminated
+
+
+class ReplayBuffer:
+    """Preallocated tensors on the training device; uniform sampling over what was stored.
+
+    Each transition keeps the latest observation frame, the next one, the residual, the base action
+    and the next state's base action (the last two only when the critic or actor needs them).
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, res_dim: int, keep_base: bool, device):
+        self.capacity, self.keep_base, self.device = capacity, keep_base, device
+        act_dim = 3 * res_dim if keep_base else res_dim
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)  # [res, base, base_next]
+        self.rewards = torch.zeros(capacity, device=device)
+        self.dones = torch.zeros(capacity, device=device)  # 1 = stop bootstrapping
+        self.pos, self.full = 0, False
+
+    def __len__(self) -> int:
+        return self.capacity if self.full else self.pos
+
+    def add(self, obs, next_obs, res, base, base_next, reward, stop):
+        n = obs.shape[0]
+        idx = (self.pos + torch.arange(n, device=self.device)) % self.capacity
+        self.obs[idx], self.next_obs[idx] = obs, next_obs
+        self.actions[idx] = torch.cat([res, base, base_next], dim=1) if self.keep_base else res
+        self.rewards[idx], self.dones[idx] = reward, stop
+        self.full = self.full or self.pos + n >= self.capacity
+        self.pos = (self.pos + n) % self.capacity
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None):
+        idx = torch.randint(len(self), (batch_size,), device=self.device, generator=generator)
+        return self.obs[idx], self.next_obs[idx], self.actions[idx], self.rewards[idx], self.dones[idx]
+
+    def state_dict(self) -> dict:
+        n = len(self)
+        return {"obs": self.obs[:n].cpu(), "next_obs": self.next_obs[:n].cpu(), "actions": self.actions[:n].cpu(),
+                "rewards": self.rewards[:n].cpu(), "dones": self.dones[:n].cpu(), "pos": self.pos, "full": self.full}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(state["rewards"])
+        for key in ("obs", "next_obs", "actions", "rewards", "dones"):
+            getattr(self, key)[:n] = state[key].to(self.device)
+        self.pos, self.full = state["pos"], state["full"]
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Training
+# ------------------------------------------------------------------------------------------------ #
+def validate(args: OnlineArgs) -> None:
+    if args.training_freq % args.num_envs:
+        raise ValueError(f"--training-freq ({args.training_freq}) must be a multiple of --num-envs ({args.num_envs}).")
+    if not (args.training_freq * args.utd).is_integer():
+        raise ValueError(f"--training-freq x --utd must be a whole number of updates (got {args.training_freq * args.utd}).")
+    n_eval = min(args.num_eval_envs, args.num_eval_episodes)
+    if args.num_eval_episodes % n_eval:
+        raise ValueError("--num-eval-episodes must be a multiple of --num-eval-envs.")
+
+
+def crossed(step: int, span: int, every: int | None) -> bool:
+    """Did the last `span` steps cross a multiple of `every`?"""
+    return bool(every) and (step - span) // every < step // every
+
+
+def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[torch.Tensor], torch.Tensor],
+          base_cfg: dict, act_horizon: int, obs_horizon: int, device: torch.device) -> Run:
+    """Run Policy Decorator around `base_act`: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim).
+
+    `base_cfg` is the base policy's run config (its args.json); it gives the control mode.
+    """
+    buffer_size = min(args.buffer_size or args.total_timesteps, args.total_timesteps)
+    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    control_mode = base_cfg["control_mode"]
+    resume = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
+    run = Run(args, algo_name, script, path=Path(args.resume).parent.parent if resume else None,
+              extra={"base_policy": base_cfg, "act_horizon_executed": act_horizon})
+
+    envs = make_vec_env(args.env_id, args.num_envs, args.seed, control_mode, obs_horizon,
+                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv)
+    n_eval = min(args.num_eval_envs, args.num_eval_episodes)
+    eval_envs = make_vec_env(args.env_id, n_eval, args.seed + 1000, control_mode, obs_horizon,
+                             video_dir=str(run.path / "videos") if args.capture_video else None,
+                             env_kwargs=env_kwargs, asynchronous=not args.sync_venv)
+    eval_envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
+    obs_dim, act_dim = envs.single_observation_space.shape[-1], envs.single_action_space.shape[0]
+    res_dim = act_horizon * act_dim  # the residual covers the whole chunk
+
+    # ALGO LOGIC: networks
+    actor_in = obs_dim + (res_dim if args.actor_input == "obs_base_action" else 0)
+    critic_act = 2 * res_dim if args.critic_input == "concat" else res_dim
+    actor = ResidualActor(actor_in, res_dim, args.log_std_min).to(device)
+    qf1, qf2 = SoftQNetwork(obs_dim, critic_act).to(device), SoftQNetwork(obs_dim, critic_act).to(device)
+    if "PushChair" in args.env_id:  # ManiSkill1-style envs: the original initializes all Linear layers so
+        xavier_init_(actor, qf1, qf2)
+    qf1_target, qf2_target = SoftQNetwork(obs_dim, critic_act).to(device), SoftQNetwork(obs_dim, critic_act).to(device)
+    qf1_target.load_state_dict(qf1.state_dict())
+    qf2_target.load_state_dict(qf2.state_dict())
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    target_entropy = -float(res_dim)
+    log_alpha = torch.zeros(1, device=device, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
+    alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.sac_alpha, device=device)
+    keep_base = args.critic_input != "res" or args.actor_input == "obs_base_action"
+    rb = ReplayBuffer(buffer_size, obs_dim, res_dim, keep_base, device)
+
+    def actor_input(obs_last, base_flat):
+        return obs_last if args.actor_input == "obs" else torch.cat([obs_last, base_flat], dim=1)
+
+    global_step = decisions = updates = 0
+    learning_started = False
+    if resume:
+        actor.load_state_dict(resume["res_actor"])
+        qf1_target.load_state_dict(resume["qf1"])
+        qf2_target.load_state_dict(resume["qf2"])
+        qf1.load_state_dict(resume["qf1_online"])
+        qf2.load_state_dict(resume["qf2_online"])
+        q_optimizer.load_state_dict(resume["q_optimizer"])
+        actor_optimizer.load_state_dict(resume["actor_optimizer"])
+        alpha_optimizer.load_state_dict(resume["alpha_optimizer"])
+        with torch.no_grad():
+            log_alpha.copy_(resume["log_sac_alpha"])
+        alpha = log_alpha.exp().detach() if args.autotune else alpha
+        global_step, decisions, updates = resume["global_step"], resume["decisions"], resume["updates"]
+        learning_started = resume["learning_started"]
+        if "buffer" in resume:
+            rb.load_state_dict(resume["buffer"])
+        random.setstate(resume["rng"]["python"])
+        np.random.set_state(resume["rng"]["numpy"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        print(f"resumed {args.resume} at step {global_step} (buffer: {len(rb)} transitions)")
+
+    def checkpoint() -> Path:
+        ckpt = {  # the original's keys (NOTE(original): qf1/qf2 hold the *target* critics) ...
+            "res_actor": actor.state_dict(), "qf1": qf1_target.state_dict(), "qf2": qf2_target.state_dict(),
+            "log_sac_alpha": log_alpha.detach().clone(),
+            # ... and what --resume needs
+            "qf1_online": qf1.state_dict(), "qf2_online": qf2.state_dict(),
+            "q_optimizer": q_optimizer.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
+            "alpha_optimizer": alpha_optimizer.state_dict(), "global_step": global_step, "decisions": decisions,
+            "updates": updates, "learning_started": learning_started,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "args": dataclasses.asdict(args),
+        }
+        if args.save_buffer:
+            ckpt["buffer"] = rb.state_dict()
+        return run.save(ckpt, str(global_step))
+
+    def evaluate() -> dict:
+        actor.eval()
+
+        def act(obs):
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            base_seq = base_act(obs_t)
+            with torch.no_grad():
+                res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1)))  # deterministic
+            return combine(base_seq, res, args.res_scale).cpu().numpy()
+
+        result = run_episodes(args.num_eval_episodes, act, eval_envs)
+        actor.train()
+        return result
+
+    # --------------------------------------------------------------------------------------------- #
+    obs, _ = envs.reset(seed=args.seed + global_step)  # (N, obs_horizon, obs_dim)
+    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+    base_seq = base_act(obs_t)  # (N, act_horizon, act_dim)
+    updates_per_round = int(args.training_freq * args.utd)
+    train_stats = defaultdict(list)  # episodes that ended in collection (NOTE(fix): never mixed with eval)
+    timer = StepTimer()
+    start_step, start_time = global_step, time.time()
+    progress = tqdm(total=args.total_timesteps, initial=global_step, desc=algo_name, unit="step", dynamic_ncols=True)
+    while global_step < args.total_timesteps:
+        # ---- collect training_freq transitions -------------------------------------------------- #
+        for _ in range(args.training_freq // args.num_envs):
+            global_step += args.num_envs
+            decisions += 1
+            # ALGO LOGIC: progressive exploration: each env uses the residual with probability p
+            use_res = torch.as_tensor(np.random.rand(args.num_envs) < exploration_prob(global_step, args.prog_explore),
+                                      device=device)
+            base_flat = base_seq.flatten(1)
+            if not learning_started:  # before the first update the residual is uniform in [-1, 1]
+                res = torch.rand(args.num_envs, res_dim, device=device) * 2 - 1
+            else:
+                with torch.no_grad():
+                    res, _, _ = actor.get_action(actor_input(obs_t[:, -1], base_flat))
+            res = res * use_res[:, None]  # a residual of 0: the base policy acts alone
+            action_seq = combine(base_seq, res, args.res_scale)  # ALGO LOGIC: base + res_scale * residual
+            timer.lap("collect/policy")
+
+            next_obs, reward, terminated, truncated, infos = envs.step(action_seq.cpu().numpy())
+            timer.lap("collect/env")
+            for info in finished_episodes(infos):
+                train_stats["return"].append(float(np.ravel(info["episode"]["r"])[0]))
+                train_stats["len"].append(int(np.ravel(info["episode"]["l"])[0]))
+                train_stats["success"].append(float(info["success"]))
+
+            # ALGO LOGIC: bootstrap handling at episode ends
+            stop, need_final = bootstrap_masks(terminated, truncated, args.bootstrap_at_done)
+            real_next = next_obs.copy()
+            for i in np.flatnonzero(need_final):
+                real_next[i] = infos["final_observation"][i]
+            next_obs_t = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+            # The next decision's base action doubles as the next state's base action in the buffer;
+            # only envs whose transition ends in a final observation need their own base call.
+            next_base_seq = base_act(next_obs_t)
+            if keep_base:
+                base_next_flat = next_base_seq.flatten(1).clone()
+                if need_final.any():
+                    final_t = torch.as_tensor(real_next[need_final], dtype=torch.float32, device=device)
+                    base_next_flat[torch.as_tensor(need_final, device=device)] = base_act(final_t).flatten(1)
+            else:
+                base_next_flat = base_flat  # unused
+            timer.lap("collect/base_policy")
+            rb.add(obs_t[:, -1], torch.as_tensor(real_next[:, -1], dtype=torch.float32, device=device), res,
+                   base_flat, base_next_flat,
+                   torch.as_tensor(reward - 1.0, dtype=torch.float32, device=device),  # sparse reward - 1
+                   torch.as_tensor(stop, dtype=torch.float32, device=device))
+            obs_t, base_seq = next_obs_t, next_base_seq
+            timer.lap("collect/buffer")
+        progress.update(args.training_freq)
+
+        # ---- SAC updates -------------------------------------------------------------------------- #
+        if len(rb) >= args.learning_starts:
+            learning_started = True
+            for _ in range(updates_per_round):
+                updates += 1
+                b_obs, b_next_obs, b_act, b_rew, b_stop = rb.sample(args.batch_size)
+                b_res = b_act[:, :res_dim]
+                b_base = b_act[:, res_dim:2 * res_dim] if keep_base else None
+                b_base_next = b_act[:, 2 * res_dim:] if keep_base else None
+
+                # ALGO LOGIC: critic: clipped double-Q target with the next residual from the actor
+                with torch.no_grad():
+                    next_res, next_log_pi, _ = actor.get_action(actor_input(b_next_obs, b_base_next))
+                    next_a = critic_action(next_res, b_base_next, args.res_scale, args.critic_input)
+                    min_q_next = torch.min(qf1_target(b_next_obs, next_a), qf2_target(b_next_obs, next_a))
+                    min_q_next = min_q_next - alpha * next_log_pi
+                    target_q = b_rew + (1 - b_stop) * args.gamma * min_q_next.view(-1)
+                cur_a = critic_action(b_res, b_base, args.res_scale, args.critic_input)
+                qf1_values, qf2_values = qf1(b_obs, cur_a).view(-1), qf2(b_obs, cur_a).view(-1)
+                qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
+                q_optimizer.zero_grad()
+                (qf1_loss + qf2_loss).backward()
+                qf1_grad = nn.utils.clip_grad_norm_(qf1.parameters(), args.max_grad_norm)
+                qf2_grad = nn.utils.clip_grad_norm_(qf2.parameters(), args.max_grad_norm)
+                q_optimizer.step()
+
+                # ALGO LOGIC: actor: maximize min Q of the decorated action minus the entropy cost
+                if updates % args.policy_frequency == 0:
+                    a_in = actor_input(b_obs, b_base)
+                    pi, log_pi, _ = actor.get_action(a_in)
+                    pi_a = critic_action(pi, b_base, args.res_scale, args.critic_input)
+                    actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi_a), qf2(b_obs, pi_a))).mean()
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_grad = nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                    actor_optimizer.step()
+                    if args.autotune:
+                        with torch.no_grad():
+                            _, log_pi, _ = actor.get_action(a_in)
+                        # NOTE(original): the loss uses log_alpha, not alpha (as in softlearning).
+                        alpha_loss = (-log_alpha * (log_pi + target_entropy)).mean()
+                        alpha_optimizer.zero_grad()
+                        alpha_loss.backward()
+                        alpha_optimizer.step()
+                        alpha = log_alpha.exp().detach()
+                if updates % args.target_network_frequency == 0:
+                    with torch.no_grad():
+                        for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                            for p, tp in zip(net.parameters(), target.parameters()):
+                                tp.mul_(1 - args.tau).add_(args.tau * p)
+            timer.lap("update")
+
+        # ---- logging, evaluation, checkpoints ------------------------------------------------------ #
+        if crossed(global_step, args.training_freq, args.log_freq):
+            elapsed = time.time() - start_time
+            scalars = {f"train/{k}": np.mean(v) for k, v in train_stats.items()}
+            train_stats = defaultdict(list)
+            scalars |= {"time/decisions": decisions, "time/env_steps": decisions * args.num_envs * act_horizon,
+                        "time/SPS": (global_step - start_step) / elapsed,
+                        "time/env_SPS": (global_step - start_step) * act_horizon / elapsed,
+                        "time/wall_seconds": time.time() - run.start_time, **timer.scalars("time/seconds_"),
+                        "charts/exploration_prob": exploration_prob(global_step, args.prog_explore)}
+            if learning_started:
+                scalars |= {"losses/qf1_values": qf1_values.mean(), "losses/qf2_values": qf2_values.mean(),
+                            "losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss,
+                            "losses/qf_loss": (qf1_loss + qf2_loss) / 2, "losses/actor_loss": actor_loss,
+                            "losses/sac_alpha": alpha, "losses/qf1_grad_norm": qf1_grad,
+                            "losses/qf2_grad_norm": qf2_grad, "losses/actor_grad_norm": actor_grad}
+                if args.autotune:
+                    scalars["losses/sac_alpha_loss"] = alpha_loss
+            run.log({k: v.item() if torch.is_tensor(v) else v for k, v in scalars.items()}, global_step)
+            if "train/success" in scalars:
+                progress.set_postfix(success=f"{scalars['train/success']:.2f}")
+        if crossed(global_step, args.training_freq, args.eval_freq):
+            result = evaluate()
+            timer.lap("eval")
+            run.log({f"eval/{k}": np.mean(v) for k, v in result.items()}, global_step)
+            progress.write(f"step {global_step}: eval success {np.mean(result['success']):.3f} "
+                           f"over {len(result['success'])} episodes")
+        if global_step >= args.total_timesteps or crossed(global_step, args.training_freq, args.save_freq):
+            checkpoint()
+    progress.close()
+    envs.close()
+    eval_envs.close()
+    run.close()
+    return run
+
+
+def load_frozen_base(args: OnlineArgs, kind: str, overrides: dict | None = None):
+    """Check the env, set up torch, rebuild the frozen base policy from its checkpoint.
+
+    Returns (policy, merged config, device); the config is the checkpoint's args.json with the
+    online script's overrides, and tells control_mode and the horizons.
+    """
+    from pi_dec.base_policies import load_base_policy, read_checkpoint
+
+    validate(args)
+    _, run_args = read_checkpoint(args.base_policy_ckpt)  # clear errors before any env starts
+    control_mode = run_args.setdefault("control_mode", "pd_ee_delta_pose")
+    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    check_env(args.env_id, env_kwargs)
+    device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
+    obs_dim, act_dim = probe_dims(args.env_id, control_mode, env_kwargs)
+    policy, cfg = load_base_policy(args.base_policy_ckpt, kind, obs_dim, act_dim, overrides)
+    return policy.to(device), cfg, device
+
+
+def probe_dims(env_id: str, control_mode: str, env_kwargs: dict) -> tuple[int, int]:
+    """Observation and action dims of a task (from its spaces, without stepping)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id, obs_mode="state", control_mode=control_mode, **env_kwargs)
+    dims = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    return dims
