@@ -10,19 +10,42 @@ Default arguments behave exactly like the original repository's `envs/maniskill_
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-import sapien.core as sapien
-from mani_skill2 import format_path
+
+def _import_maniskill2_envs_without_mpm() -> None:
+    """Import mani_skill2.envs (which registers ManiSkill2's tasks) without its soft-body (MPM) tasks.
+
+    Their simulator (warp) imports torch, which would cost every env worker ~200 MB for tasks this
+    project never uses. A placeholder package for mani_skill2.envs.mpm keeps them out; its submodules
+    still import on demand (RecordEpisode checks for MPMBaseEnv). Set PI_DEC_LOAD_MPM=1 to load them.
+    """
+    import os
+
+    if "mani_skill2.envs" in sys.modules or os.environ.get("PI_DEC_LOAD_MPM") == "1":
+        import mani_skill2.envs  # noqa: F401
+        return
+    mpm_dir = Path(importlib.util.find_spec("mani_skill2").submodule_search_locations[0]) / "envs" / "mpm"
+    placeholder = types.ModuleType("mani_skill2.envs.mpm")
+    placeholder.__path__ = [str(mpm_dir)]
+    sys.modules["mani_skill2.envs.mpm"] = placeholder
+    import mani_skill2.envs  # noqa: F401
+
+
+_import_maniskill2_envs_without_mpm()
+
+import numpy as np  # noqa: E402
+import sapien.core as sapien  # noqa: E402
+from mani_skill2 import format_path  # noqa: E402
 from mani_skill2.envs.assembly.peg_insertion_side import PegInsertionSideEnv
 from mani_skill2.envs.misc.turn_faucet import TurnFaucetEnv
 from mani_skill2.envs.ms1.push_chair import PushChairEnv
 from mani_skill2.utils.geometry import angle_distance
 from mani_skill2.utils.registration import REGISTERED_ENVS, register_env
-
-import mani_skill2.envs  # noqa: F401,E402  (registers ManiSkill2's own ids)
 from mani_skill2.utils.sapien_utils import vectorize_pose
 
 # The base policies were trained on the other models; online interaction uses these held-out ones.

@@ -1,0 +1,236 @@
+"""Online Policy Decorator: the algorithm's math, checkpoint loading, and both scripts end to end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from pi_dec.base_policies import CheckpointError, load_base_policy
+from pi_dec.nets.sac import ResidualActor
+from pi_dec.policy_decorator import (OnlineArgs, ReplayBuffer, bootstrap_masks, combine, critic_action, crossed,
+                                     exploration_prob, validate)
+
+
+def test_exploration_probability_grows_linearly_to_one():
+    assert exploration_prob(0, 100) == 0.0
+    assert exploration_prob(25, 100) == 0.25
+    assert exploration_prob(100, 100) == 1.0
+    assert exploration_prob(10_000, 100) == 1.0
+
+
+def test_exploration_mask_uses_the_residual_at_that_rate():
+    rng = np.random.default_rng(0)
+    use = rng.random(100_000) < exploration_prob(30, 100)
+    assert abs(use.mean() - 0.3) < 0.01
+
+
+def test_combine_adds_the_scaled_residual_per_chunk_step():
+    base = torch.arange(12, dtype=torch.float32).view(2, 3, 2)  # (N=2, H=3, A=2)
+    res = torch.ones(2, 6)
+    res[1] = torch.linspace(-1, 1, 6)
+    out = combine(base, res, res_scale=0.1)
+    assert out.shape == (2, 3, 2)
+    np.testing.assert_allclose(out[0], base[0] + 0.1)
+    np.testing.assert_allclose(out[1], base[1] + 0.1 * torch.linspace(-1, 1, 6).view(3, 2))
+    np.testing.assert_allclose(combine(base, torch.zeros(2, 6), 0.3), base)  # no residual: the base alone
+
+
+def test_critic_input_variants():
+    res, base = torch.tensor([[1.0, -1.0]]), torch.tensor([[0.5, 0.2]])
+    np.testing.assert_allclose(critic_action(res, base, 0.1, "res"), res)
+    np.testing.assert_allclose(critic_action(res, base, 0.1, "sum"), [[0.6, 0.1]])
+    np.testing.assert_allclose(critic_action(res, base, 0.1, "concat"), [[1.0, -1.0, 0.5, 0.2]])
+
+
+@pytest.mark.parametrize("mode, stop, final", [
+    ("truncated", [False, True, False, True], [False, False, True, False]),
+    ("always", [False, False, False, False], [False, True, True, True]),
+    ("never", [False, True, True, True], [False, False, False, False]),
+])
+def test_bootstrap_masks(mode, stop, final):
+    # envs: running, terminated, truncated, terminated and truncated together
+    terminated = np.array([False, True, False, True])
+    truncated = np.array([False, False, True, True])
+    got_stop, got_final = bootstrap_masks(terminated, truncated, mode)
+    assert got_stop.tolist() == stop and got_final.tolist() == final
+
+
+def test_replay_buffer_wraps_around_and_round_trips():
+    rb = ReplayBuffer(capacity=5, obs_dim=2, res_dim=1, keep_base=True, device="cpu")
+    for step in range(3):  # 2 envs per step: 6 transitions into 5 slots
+        obs = torch.full((2, 2), float(step))
+        rb.add(obs, obs + 1, torch.full((2, 1), step), torch.zeros(2, 1), torch.ones(2, 1),
+               torch.full((2,), -1.0), torch.tensor([0.0, 1.0]))
+    assert len(rb) == 5 and rb.full and rb.pos == 1
+    assert rb.obs[0, 0] == 2  # the oldest transition was overwritten
+    o, no, a, r, d = rb.sample(64)
+    np.testing.assert_array_equal(no - o, 1)
+    np.testing.assert_array_equal(a[:, 0], o[:, 0])  # residual column stored next to its observation
+    np.testing.assert_array_equal(a[:, 1:], [[0, 1]] * 64)  # then base and next base
+    copy = ReplayBuffer(capacity=5, obs_dim=2, res_dim=1, keep_base=True, device="cpu")
+    copy.load_state_dict(rb.state_dict())
+    assert (copy.obs == rb.obs).all() and copy.pos == rb.pos and copy.full
+
+
+def test_residual_actor_squashes_and_scores_its_samples():
+    torch.manual_seed(0)
+    actor = ResidualActor(in_dim=4, act_dim=3, log_std_min=-5)
+    x = torch.randn(16, 4)
+    mean, log_std = actor(x)
+    assert ((log_std >= -5) & (log_std <= 2)).all()
+    torch.manual_seed(1)
+    action, log_prob, det = actor.get_action(x)
+    assert (action.abs() <= 1).all() and log_prob.shape == (16, 1)
+    np.testing.assert_allclose(det.detach(), torch.tanh(mean).detach(), atol=1e-6)
+    np.testing.assert_allclose(actor.get_eval_action(x).detach(), torch.tanh(mean).detach(), atol=1e-6)
+    torch.manual_seed(1)  # the same draw, scored by hand: Gaussian log-density minus log|d tanh|
+    u = torch.distributions.Normal(mean, log_std.exp()).rsample()
+    manual = (torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log(1 - torch.tanh(u) ** 2 + 1e-6)).sum(1)
+    np.testing.assert_allclose(log_prob.squeeze(1).detach(), manual.detach(), rtol=1e-5, atol=1e-5)
+    # heads start near zero (orthogonal, gain 0.01): the first residuals are small and deterministic-ish
+    assert actor.fc_mean.weight.abs().max() < 0.05
+
+
+def test_crossed_counts_boundaries():
+    assert crossed(64, 64, 64) and not crossed(96, 64, 64 * 3) and crossed(192, 64, 64 * 3)
+    assert not crossed(64, 64, None)
+
+
+def test_validation_errors():
+    with pytest.raises(ValueError, match="multiple of --num-envs"):
+        validate(OnlineArgs(num_envs=16, training_freq=40))
+    with pytest.raises(ValueError, match="whole number of updates"):
+        validate(OnlineArgs(num_envs=2, training_freq=2, utd=0.25))
+
+
+def write_run(tmp_path, state, args):
+    (tmp_path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    torch.save(state, tmp_path / "checkpoints" / "best.pt")
+    return tmp_path / "checkpoints" / "best.pt"
+
+
+DP_ARGS = {"obs_horizon": 2, "act_horizon": 8, "pred_horizon": 16, "diffusion_step_embed_dim": 64,
+           "unet_dims": [64, 128, 256], "n_groups": 8, "control_mode": "pd_ee_delta_pose"}
+
+
+def test_loading_prefers_ema_weights_and_freezes(tmp_path):
+    from pi_dec.base_policies import DiffusionPolicy
+
+    a, b = DiffusionPolicy(50, 7, 2, 8, 16), DiffusionPolicy(50, 7, 2, 8, 16)
+    ckpt = write_run(tmp_path, {"agent": a.state_dict(), "ema_agent": b.state_dict()}, DP_ARGS)
+    policy, cfg = load_base_policy(ckpt, "diffusion", obs_dim=50, act_dim=7, overrides={"act_horizon": 4})
+    assert torch.equal(policy.noise_pred_net.final_conv[1].weight, b.noise_pred_net.final_conv[1].weight)
+    assert policy.act_horizon == 4 and cfg["act_horizon"] == 4  # the online script's override wins
+    assert not any(p.requires_grad for p in policy.parameters())
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
+
+    with pytest.raises(CheckpointError, match="not found"):
+        load_base_policy(tmp_path / "nope.pt", "diffusion", 50, 7)
+    ckpt = write_run(tmp_path / "dp", {"ema_agent": DiffusionPolicy(50, 7, 2, 8, 16).state_dict()}, DP_ARGS)
+    with pytest.raises(CheckpointError, match="is a diffusion checkpoint, but this script expects a bet one"):
+        load_base_policy(ckpt, "bet", 50, 7)
+    with pytest.raises(CheckpointError, match="does not fit this env \\(obs dim 55"):
+        load_base_policy(ckpt, "diffusion", 55, 7)
+    (tmp_path / "dp" / "args.json").unlink()
+    with pytest.raises(CheckpointError, match="args.json not found"):
+        load_base_policy(ckpt, "diffusion", 50, 7)
+    bet_args = {"context_window": 20, "n_layers": 4, "n_heads": 4, "n_embedding": 128, "n_clusters": 8}
+    ckpt = write_run(tmp_path / "bet", {"something": BeTPolicy(50, 7).state_dict()}, bet_args)
+    with pytest.raises(CheckpointError, match="none of the keys ema_agent, agent, actor, q"):
+        load_base_policy(ckpt, "bet", 50, 7)
+
+
+# ------------------------------------------------------------------------------------------------ #
+# The scripts, end to end (base checkpoints written by the offline smoke runs)
+# ------------------------------------------------------------------------------------------------ #
+SMALL = ["--num-envs", 2, "--training-freq", 8, "--learning-starts", 16, "--batch-size", 16, "--eval-freq", 32,
+         "--num-eval-episodes", 1, "--num-eval-envs", 1, "--log-freq", 16, "--save-freq", 32, "--num-threads", 1]
+
+
+def scalar_tags(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+# Long enough for the 200-step episodes to end in training (decisions of 4 steps for DP, 1 for BeT).
+@pytest.mark.parametrize("kind, script, env_id, total", [
+    ("diffusion", "online/pi_dec_diffusion_maniskill2.py", "PegInsertionSide-v2", 112),
+    ("bet", "online/pi_dec_bet_maniskill2.py", "StackCube-v0", 416),
+])
+def test_online_scripts_learn_evaluate_and_checkpoint(offline_runs, tmp_path, kind, script, env_id, total):
+    ckpt = offline_runs[kind] / "checkpoints" / "best.pt"
+    run_script(script, "--env-id", env_id, "--base-policy-ckpt", ckpt, "--total-timesteps", total,
+               "--output-dir", tmp_path, "--critic-input", "concat", "--actor-input", "obs_base_action", *SMALL)
+    run = next(next((tmp_path / env_id).iterdir()).iterdir())
+    saved = torch.load(run / "checkpoints" / f"{total}.pt", weights_only=False)
+    assert {"res_actor", "qf1", "qf2", "log_sac_alpha"} <= set(saved)
+    assert saved["global_step"] == total and saved["updates"] > 0  # updates really ran
+    assert saved["log_sac_alpha"].item() != 0.0  # the temperature moved
+    tags = scalar_tags(run)
+    assert {"eval/success", "train/success", "losses/qf1_loss", "losses/actor_loss", "time/SPS",
+            "time/env_steps"} <= tags
+    args = json.loads((run / "args.json").read_text())
+    assert args["base_policy"]["control_mode"] == ("pd_ee_delta_pose" if kind == "diffusion" else "pd_ee_delta_pos")
+
+
+def test_resume_after_kill_continues_the_run(offline_runs, tmp_path):
+    ckpt = offline_runs["diffusion"] / "checkpoints" / "best.pt"
+    cmd = [sys.executable, str(ROOT / "online/pi_dec_diffusion_maniskill2.py"), "--env-id", "PegInsertionSide-v2",
+           "--base-policy-ckpt", str(ckpt), "--total-timesteps", "20000", "--output-dir", str(tmp_path),
+           "--sync-venv", *map(str, SMALL)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    first = None
+    deadline = time.time() + 600
+    while time.time() < deadline and first is None:
+        time.sleep(0.5)
+        found = list(tmp_path.glob("*/*/*/checkpoints/32.pt"))
+        first = found[0] if found else None
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    assert first is not None, "no checkpoint written"
+    run = first.parent.parent
+    state = torch.load(first, weights_only=False)
+    assert state["global_step"] == 32 and len(state["buffer"]["rewards"]) == 32
+    run_script("online/pi_dec_diffusion_maniskill2.py", "--env-id", "PegInsertionSide-v2", "--base-policy-ckpt",
+               ckpt, "--total-timesteps", 64, "--output-dir", tmp_path, "--resume", first, *SMALL)
+    final = torch.load(run / "checkpoints" / "64.pt", weights_only=False)
+    assert final["global_step"] == 64 and final["decisions"] == 32
+    assert len(final["buffer"]["rewards"]) == 64  # the restored buffer plus 32 new transitions
+    assert len(list(tmp_path.glob("*/*/*"))) == 1  # same run folder
+
+
+def test_env_workers_do_not_load_torch():
+    """Async env workers import only what building an env needs (memory: no torch per worker)."""
+    import torch  # noqa: F401  (the parent has torch, like every script)
+
+    from pi_dec.make_env import make_vec_env
+
+    envs = make_vec_env("PickCube-v0", num_envs=2, seed=0, control_mode="pd_ee_delta_pose", asynchronous=True)
+    try:
+        for proc in envs.processes:
+            maps = open(f"/proc/{proc.pid}/maps").read()
+            assert "libtorch" not in maps
+            assert "libsapien" in maps or "sapien" in maps  # it did build an env
+    finally:
+        envs.close()
+
+
+def test_readme_commands_stop_cleanly_without_checkpoints(tmp_path):
+    result = run_script("online/pi_dec_diffusion_maniskill2.py", "--env-id", "PegInsertionSide-v2",
+                        "--base-policy-ckpt", tmp_path / "checkpoints/diffusion_PegInsertionSide/checkpoints/best.pt",
+                        "--res-scale", "0.1", "--prog-explore", "30_000", check=False)
+    assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
