@@ -499,6 +499,10 @@ def probe_dims(env_id: str, control_mode: str, env_kwargs: dict) -> tuple[int, i
     """Observation and action dims of a task (from its spaces, without stepping)."""
     import gymnasium as gym
 
+    from pi_dec.make_env import check_env_id
+
+    check_env_id(env_id)  # registers the tasks
+
     env = gym.make(env_id, obs_mode="state", control_mode=control_mode, **env_kwargs)
     dims = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()

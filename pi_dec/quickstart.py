@@ -1,49 +1,74 @@
-"""`make quickstart`: the built-in default job.
+"""`make quickstart`: Policy Decorator end to end on one task, sized for a 2-core CPU (~30 minutes).
 
-For now it proves the simulator works on this machine: it creates the default task, steps it with
-random actions and renders one frame to `assets/quickstart_frame.png`. (Later: the whole pipeline,
-demonstrations -> base policy -> Policy Decorator.)
+1. generate demonstrations for PickCube-v0 by motion planning (data/PickCube),
+2. train a deliberately small Diffusion Policy on them (a short budget, so it is imperfect),
+3. refine it online with Policy Decorator,
+4. evaluate base and refined policy on the same seeds, print a table, and write
+   output/quickstart/{learning_curve.png, videos/, summary.json}.
+
+QUICK=1 (or --quick) runs a ~5-minute version that only checks the pipeline; its numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
-import pi_dec
+from pi_dec.experiment import ROOT, Budget, run_experiment
 
-DEFAULT_ENV_ID = "PegInsertionSide-v2"
+ENV_ID = "PickCube-v0"
+
+# CPU-sized settings; see README "Quickstart" for why each differs from the paper's GPU budgets.
+QUICKSTART = Budget(
+    num_demos=100,
+    # No offline evaluation (DDPM-100 sampling costs ~1 s per decision on a CPU): best.pt is the final
+    # model, and step 4 evaluates it exactly as it acts online (DDIM-4).
+    offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "128", "--lr", "3e-4", "--total-iters", "3000",
+                  "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
+    online_args=["--num-envs", "4", "--total-timesteps", "40000", "--learning-starts", "2000", "--batch-size", "256",
+                 "--res-scale", "0.1", "--prog-explore", "10000", "--eval-freq", "4000", "--num-eval-episodes", "20",
+                 "--num-eval-envs", "4", "--log-freq", "2000", "--save-freq", "20000"],
+    eval_episodes=100,
+)
+QUICK = Budget(
+    num_demos=10,
+    offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "64", "--total-iters", "100", "--eval-freq", "0",
+                  "--save-freq", "0", "--log-freq", "20"],
+    online_args=["--num-envs", "2", "--total-timesteps", "1024", "--learning-starts", "256", "--batch-size", "64",
+                 "--training-freq", "64", "--eval-freq", "512", "--num-eval-episodes", "2", "--num-eval-envs", "2",
+                 "--log-freq", "256", "--save-freq", "0"],
+    eval_episodes=8,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env-id", default=DEFAULT_ENV_ID, help="task to create")
-    parser.add_argument("--steps", type=int, default=50, help="random-action env steps before the frame")
-    parser.add_argument("--out", default="assets/quickstart_frame.png", help="where to write the frame")
+    parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1",
+                        help="a ~5-minute pipeline check (also QUICK=1); not a result")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the base training and the online run")
+    parser.add_argument("--out", default="output/quickstart", help="folder for the run, plot, videos and summary")
     args = parser.parse_args()
 
-    import gymnasium as gym
-    from PIL import Image
-
-    from pi_dec.make_env import check_env_id
-
-    check_env_id(args.env_id)
-    print(f"render mode: {pi_dec.RENDER.mode} ({pi_dec.RENDER.reason})")
-    env = gym.make(args.env_id, obs_mode="state", reward_mode="sparse", control_mode="pd_ee_delta_pose",
-                   render_mode="cameras")
-    obs, _ = env.reset(seed=0)
+    budget = QUICK if args.quick else QUICKSTART
+    out = ROOT / args.out / ("quick" if args.quick else "")
+    data_dir = ROOT / "data" / ("PickCube-quick" if args.quick else "PickCube")
+    eval_seeds = list(range(100_000, 100_000 + budget.eval_episodes))
     start = time.time()
-    for _ in range(args.steps):
-        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-    steps_per_s = args.steps / (time.time() - start)
-    frame = env.render()
-    env.close()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(frame).save(args.out)
-    print(f"{args.env_id}: state obs dim {obs.shape[0]}, {args.steps} random steps at {steps_per_s:.0f} steps/s "
-          f"(with rendering cameras), success={info['success']}")
-    print(f"wrote {args.out} ({frame.shape[1]}x{frame.shape[0]})")
+    s = run_experiment(ENV_ID, "diffusion", args.seed, budget, out, data_dir, eval_seeds)
+    rows = [("", "base policy", "Policy Decorator"),
+            ("success", f"{s['success_base']:.2f}", f"{s['success_refined']:.2f}"),
+            ("mean episode length", f"{s['len_base']:.0f}", f"{s['len_refined']:.0f}"),
+            ("mean squared jerk", f"{s['jerk_base']:.2e}", f"{s['jerk_refined']:.2e}")]
+    print(f"\n{ENV_ID}, Diffusion Policy base, {s['eval_episodes']} evaluation episodes on the same seeds"
+          + (" (QUICK check: not a result)" if args.quick else ""))
+    for name, base, refined in rows:
+        print(f"  {name:<22}{base:>14}{refined:>18}")
+    print(f"  online env steps: {s['online_env_steps']:,}; wall time {time.time() - start:.0f} s "
+          f"(demos {s['seconds'].get('demos', 0):.0f}, base {s['seconds']['base']:.0f}, "
+          f"online {s['seconds']['online']:.0f}, eval {s['seconds']['eval']:.0f})")
+    print(f"  learning curve: {out / 'learning_curve.png'}; videos: {out / 'videos'}; summary: {out / 'summary.json'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,271 @@
+"""Speed and memory of this machine for pi-dec (a benchmark, not a test):
+
+    python -m pi_dec.bench                 # table
+    python -m pi_dec.bench --json          # the same figures as JSON, to compare commits
+
+- raw vector-env throughput (env steps/s) at --num-envs;
+- the online Policy Decorator loop (Diffusion Policy and BeT base, random weights: speed does not
+  depend on them): steps/s and where the time goes, and the peak memory of its process tree;
+- offline training iterations/s and peak memory for both base policies (synthetic demonstrations of
+  the task's dimensions);
+- base-policy inference latency at batch 1 and batch --num-envs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_throughput(env_id: str, num_envs: int, steps: int) -> float:
+    from pi_dec.make_env import make_vec_env
+
+    envs = make_vec_env(env_id, num_envs, seed=0, control_mode="pd_ee_delta_pose", asynchronous=num_envs > 1)
+    envs.reset(seed=0)
+    actions = np.zeros((num_envs, 1, envs.single_action_space.shape[0]))
+    envs.step(actions)
+    start = time.perf_counter()
+    for _ in range(steps):
+        envs.step(actions)
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return steps * num_envs / elapsed
+
+
+def make_base_checkpoint(kind: str, folder: Path, obs_dim: int, act_dim: int) -> Path:
+    """A randomly initialised base policy in the official layout (speed does not depend on weights)."""
+    import torch
+
+    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
+
+    if kind == "diffusion":
+        cfg = {"obs_horizon": 2, "act_horizon": 4, "pred_horizon": 16, "diffusion_step_embed_dim": 64,
+               "unet_dims": [64, 128, 256], "n_groups": 8, "control_mode": "pd_ee_delta_pose"}
+        policy = DiffusionPolicy(obs_dim, act_dim, 2, 4, 16)
+        state = {"agent": policy.state_dict(), "ema_agent": policy.state_dict()}
+    else:
+        cfg = {"context_window": 20, "n_layers": 4, "n_heads": 4, "n_embedding": 128, "n_clusters": 8,
+               "control_mode": "pd_ee_delta_pose"}
+        state = {"agent": BeTPolicy(obs_dim, act_dim).state_dict()}
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (folder / "args.json").write_text(json.dumps(cfg))
+    torch.save(state, folder / "checkpoints" / "best.pt")
+    return folder / "checkpoints" / "best.pt"
+
+
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, USS) summed over a process and its children, in MB."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    rss = uss = 0.0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            rss, uss = rss + info.rss, uss + info.uss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return rss / 2**20, uss / 2**20
+
+
+def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int) -> dict:
+    """Run the online script on a random base for `total` steps; read its time/ tags; watch memory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pi_dec.policy_decorator import probe_dims
+
+    tmp = Path(tempfile.mkdtemp(prefix="pi_dec_bench_"))
+    obs_dim, act_dim = probe_dims(env_id, "pd_ee_delta_pose", {})
+    ckpt = make_base_checkpoint(kind, tmp / "base", obs_dim, act_dim)
+    script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py"}[kind]
+    learning_starts = total // 4
+    cmd = [sys.executable, str(ROOT / script), "--env-id", env_id, "--base-policy-ckpt", str(ckpt),
+           "--num-envs", str(num_envs), "--training-freq", str(max(64, num_envs)), "--total-timesteps", str(total),
+           "--learning-starts", str(learning_starts), "--log-freq", str(total), "--eval-freq", str(10 * total),
+           "--save-freq", "0", "--output-dir", str(tmp / "out"), "--num-threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    peak = [0.0, 0.0]
+
+    def watch():
+        while proc.poll() is None:
+            try:
+                rss, uss = tree_memory_mb(proc.pid)
+                peak[0], peak[1] = max(peak[0], rss), max(peak[1], uss)
+            except Exception:  # noqa: BLE001  (process ended between calls)
+                pass
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    proc.wait()
+    watcher.join()
+    if proc.returncode != 0:
+        return {"error": f"online run failed ({proc.returncode})"}
+    run = next((tmp / "out").glob("*/*/*"))
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = {t: events.Scalars(t)[-1].value for t in events.Tags()["scalars"] if t.startswith("time/")}
+    split = {k.removeprefix("time/seconds_"): v for k, v in tags.items() if k.startswith("time/seconds_")}
+    busy = sum(split.values())
+    return {"decisions_per_s": tags["time/SPS"] / num_envs, "steps_per_s": tags["time/SPS"],
+            "env_steps_per_s": tags["time/env_SPS"],
+            "share": {k: round(v / busy, 3) for k, v in sorted(split.items())},
+            "peak_rss_mb": round(peak[0]), "peak_uss_mb": round(peak[1])}
+
+
+def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
+    """Train on synthetic demos (PegInsertionSide dims) in this process; iterations/s and peak RSS."""
+    import importlib.util
+
+    import torch
+
+    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
+    from pi_dec.demo_data import random_batches
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    trajs = [{"obs": rng.standard_normal((151, 50)).astype(np.float32),
+              "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(100)]
+    script = ROOT / ("offline/diffusion_policy_unet_maniskill2.py" if kind == "diffusion" else "offline/bet_maniskill2.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{kind}", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    if kind == "diffusion":
+        data = module.WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", "cpu")
+        policy = DiffusionPolicy(50, 7, 2, 4, 16)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+
+        def loss_of(o, a):
+            return policy.compute_loss(o, a)
+    else:
+        data = module.WindowDataset(trajs, 20, "cpu")
+        policy = BeTPolicy(50, 7)
+        policy.net.fit_clusters(data.act)
+        optimizer = module.make_optimizer(policy, 1e-4, 2e-4)
+
+        def loss_of(o, a):
+            return policy.compute_loss(o, a)[0]
+    batches = random_batches(len(data), batch_size, "cpu")
+    warmup = 3
+    for i in range(iters + warmup):
+        if i == warmup:
+            start = time.perf_counter()
+        obs_seq, act_seq = data.batch(next(batches))
+        loss = loss_of(obs_seq, act_seq)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    its = iters / (time.perf_counter() - start)
+    return {"iters_per_s": its, "samples_per_s": its * batch_size,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def offline(kind: str, batch_size: int, iters: int, threads: int) -> dict:
+    """In a fresh process, so the peak memory is this configuration's alone."""
+    out = subprocess.run([sys.executable, "-m", "pi_dec.bench", "--_offline", kind, str(batch_size), str(iters),
+                          str(threads)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        return {"error": out.stderr[-500:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def inference_latency(num_envs: int, threads: int, repeats: int = 20) -> dict:
+    import torch
+
+    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
+
+    torch.set_num_threads(threads)
+    dp = DiffusionPolicy(50, 7, 2, 4, 16).eval()
+    dp.use_ddim(4)
+    bet = BeTPolicy(50, 7).eval()
+    result = {}
+    for name, policy, window in (("diffusion_ddim4", dp, 2), ("diffusion_ddpm100", None, 2), ("bet", bet, 20)):
+        for batch in (1, num_envs):
+            if policy is None:  # the offline evaluation's sampler
+                p = DiffusionPolicy(50, 7, 2, 4, 16).eval()
+                n = max(2, repeats // 10)
+            else:
+                p, n = policy, repeats
+            obs = torch.randn(batch, window, 50)
+            p.get_action(obs)
+            start = time.perf_counter()
+            for _ in range(n):
+                p.get_action(obs)
+            result[f"{name}_batch{batch}_ms"] = 1000 * (time.perf_counter() - start) / n
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default="PegInsertionSide-v2")
+    parser.add_argument("--num-envs", type=int, default=16, help="vector envs (the online scripts' default)")
+    parser.add_argument("--env-steps", type=int, default=50, help="vector steps for raw throughput")
+    parser.add_argument("--online-steps", type=int, default=2048, help="steps (decisions x envs) per online run")
+    parser.add_argument("--offline-iters", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: half the cores)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["env", "online", "offline", "latency"])
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--_offline", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from pi_dec.run import default_threads
+
+    threads = args.threads or default_threads()
+    if args._offline:
+        kind, bs, iters, th = args._offline
+        print(json.dumps(offline_child(kind, int(bs), int(iters), int(th))))
+        return
+
+    import torch
+
+    figures = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                           "torch_threads": threads, "env_id": args.env_id, "num_envs": args.num_envs}}
+    if "env" not in args.skip:
+        figures["raw_env_steps_per_s"] = {f"{n}_envs": env_throughput(args.env_id, n, args.env_steps)
+                                          for n in sorted({1, args.num_envs})}
+    if "online" not in args.skip:
+        figures["online"] = {k: online_loop(k, args.env_id, args.num_envs, args.online_steps, threads)
+                             for k in ("diffusion", "bet")}
+    if "offline" not in args.skip:
+        figures["offline"] = {f"{k}_batch{bs}": offline(k, bs, args.offline_iters, threads)
+                              for k, sizes in (("diffusion", (256, 1024)), ("bet", (256, 2048))) for bs in sizes}
+    if "latency" not in args.skip:
+        figures["latency_ms"] = inference_latency(args.num_envs, threads)
+
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"machine: {figures['machine']}")
+    for n, sps in figures.get("raw_env_steps_per_s", {}).items():
+        print(f"raw env steps/s ({n}): {sps:.0f}")
+    for kind, f in figures.get("online", {}).items():
+        if "error" in f:
+            print(f"online {kind}: {f['error']}")
+            continue
+        print(f"online {kind}: {f['env_steps_per_s']:.0f} env steps/s ({f['decisions_per_s']:.1f} decisions/s); "
+              f"time share {f['share']}; peak memory of the process tree {f['peak_rss_mb']} MB RSS "
+              f"({f['peak_uss_mb']} MB unique)")
+    for name, f in figures.get("offline", {}).items():
+        print(f"offline {name}: " + (f.get("error") or f"{f['iters_per_s']:.2f} it/s, {f['samples_per_s']:.0f} samples/s, "
+                                     f"peak RSS {f['peak_rss_mb']:.0f} MB"))
+    for name, ms in figures.get("latency_ms", {}).items():
+        print(f"inference {name}: {ms:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""One Policy Decorator experiment end to end, as a user would run it: generate demonstrations, train
+a base policy with the offline script, refine it with the online script, then evaluate base and
+refined policy on the same seeds. Used by `make quickstart` and by `python -m pi_dec.results`.
+
+Every stage is the real command-line script, run as a subprocess (its progress bar shows through).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "diffusion": ("offline/diffusion_policy_unet_maniskill2.py", "online/pi_dec_diffusion_maniskill2.py"),
+    "bet": ("offline/bet_maniskill2.py", "online/pi_dec_bet_maniskill2.py"),
+}
+
+
+@dataclass
+class Budget:
+    """Everything an experiment's size depends on (CPU-sized defaults: the paper's are GPU budgets)."""
+
+    num_demos: int = 100
+    offline_args: list[str] = field(default_factory=list)
+    online_args: list[str] = field(default_factory=list)
+    eval_episodes: int = 100
+
+
+def stage(title: str, cmd: list, log: Path | None = None) -> float:
+    """Run one stage; its output goes to the terminal (and to `log`); returns seconds taken."""
+    print(f"\n=== {title}\n$ {' '.join(map(str, cmd))}", flush=True)
+    start = time.time()
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"stage failed: {title} (exit {result.returncode})")
+    return time.time() - start
+
+
+def newest_run(output_dir: Path) -> Path:
+    """The most recent run folder under <output_dir>/<env_id>/<algo>/."""
+    return max(output_dir.glob("*/*/*"), key=lambda p: p.stat().st_mtime)
+
+
+def mean_squared_jerk(actions: np.ndarray) -> float:
+    """Mean of (a[t+1] - 2 a[t] + a[t-1])^2 over steps and arm dims (gripper excluded).
+
+    With delta end-effector control an action is a per-step displacement (a velocity), so its second
+    difference is a jerk. Lower is smoother.
+    """
+    arm = np.asarray(actions)[:, :-1]
+    if len(arm) < 3:
+        return float("nan")
+    return float(np.mean((arm[2:] - 2 * arm[1:-1] + arm[:-2]) ** 2))
+
+
+def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, seeds: list[int],
+                      num_envs: int = 4, video_dir: str | None = None) -> dict:
+    """Run one episode per seed with `act(obs) -> (N, H, A)` chunks; success, length and jerk per episode.
+
+    Each env starts an episode from a listed seed and is only counted for that episode, so two policies
+    evaluated with the same seeds face the same initial states.
+    """
+    from pi_dec.make_env import make_vec_env
+
+    envs = make_vec_env(env_id, num_envs, seed=0, control_mode=control_mode, obs_horizon=obs_horizon,
+                        asynchronous=num_envs > 1, video_dir=video_dir)
+    out = {"seed": [], "success": [], "len": [], "jerk": []}
+    for first in range(0, len(seeds), num_envs):
+        batch = seeds[first:first + num_envs]
+        batch = batch + [batch[-1]] * (num_envs - len(batch))  # pad the last round
+        obs, _ = envs.reset(seed=batch)
+        running = np.ones(num_envs, bool)
+        executed = [[] for _ in range(num_envs)]
+        final = [None] * num_envs
+        while running.any():
+            chunk = act(obs)  # (N, H, A)
+            obs, _, terminated, truncated, infos = envs.step(chunk)
+            for i in np.flatnonzero(running):
+                executed[i].extend(chunk[i])
+                if terminated[i] or truncated[i]:
+                    running[i] = False
+                    final[i] = infos["final_info"][i]
+        for i, seed in enumerate(seeds[first:first + num_envs]):
+            length = int(np.ravel(final[i]["episode"]["l"])[0])
+            out["seed"].append(seed)
+            out["success"].append(float(final[i]["success"]))
+            out["len"].append(length)
+            out["jerk"].append(mean_squared_jerk(np.array(executed[i][:length])))
+    envs.close()
+    return out
+
+
+def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, seeds: list[int],
+                  video_root: Path | None) -> dict:
+    """Base alone and base + residual (deterministic) on the same seeds."""
+    import torch
+
+    from pi_dec.base_policies import load_base_policy
+    from pi_dec.nets.sac import ResidualActor
+    from pi_dec.policy_decorator import combine, probe_dims
+
+    online_args = json.loads((online_run / "args.json").read_text())
+    base_cfg = online_args["base_policy"]
+    control_mode = base_cfg["control_mode"]
+    obs_dim, act_dim = probe_dims(env_id, control_mode, {})
+    if kind == "diffusion":
+        base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, {"act_horizon": online_args["act_horizon"]})
+        base.use_ddim(online_args["ddim_steps"])
+        obs_horizon, horizon = cfg["obs_horizon"], online_args["act_horizon"]
+        base_act = base.get_action
+    else:
+        base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim)
+        base.train()  # as online (NOTE(original): the BeT base keeps dropout on)
+        obs_horizon, horizon = cfg["context_window"], 1
+        base_act = lambda o: base.get_action(o)[:, None]  # noqa: E731
+    final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
+    ckpt = torch.load(final, map_location="cpu", weights_only=False)
+    res_dim = horizon * act_dim
+    actor_in = obs_dim + (res_dim if online_args["actor_input"] == "obs_base_action" else 0)
+    actor = ResidualActor(actor_in, res_dim, online_args["log_std_min"])
+    actor.load_state_dict(ckpt["res_actor"])
+    actor.eval()
+
+    def policy(with_residual: bool):
+        @torch.no_grad()
+        def act(obs):
+            obs_t = torch.as_tensor(obs, dtype=torch.float32)
+            base_seq = base_act(obs_t)
+            if not with_residual:
+                return base_seq.numpy()
+            a_in = obs_t[:, -1] if online_args["actor_input"] == "obs" else torch.cat([obs_t[:, -1], base_seq.flatten(1)], 1)
+            return combine(base_seq, actor.get_eval_action(a_in), online_args["res_scale"]).numpy()
+        return act
+
+    results = {}
+    for name, with_res in (("base", False), ("refined", True)):
+        torch.manual_seed(0)
+        video = str(video_root / name) if video_root else None
+        results[name] = evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds, video_dir=video)
+    return results
+
+
+def learning_curve(online_run: Path, base_success: float, png: Path, title: str) -> None:
+    """eval/success over env steps (online), with the base policy's level as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(online_run))
+    events.Reload()
+    points = events.Scalars("eval/success") if "eval/success" in events.Tags()["scalars"] else []
+    horizon = json.loads((online_run / "args.json").read_text()).get("act_horizon_executed", 1)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    if points:
+        ax.plot([p.step * horizon for p in points], [p.value for p in points], marker="o", label="Policy Decorator")
+    ax.axhline(base_success, color="gray", linestyle="--", label="base policy")
+    ax.set_xlabel("env steps (online)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path, data_dir: Path,
+                   eval_seeds: list[int], video: bool = True) -> dict:
+    """The whole pipeline; returns (and writes to out/summary.json) a small summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    offline_script, online_script = SCRIPTS[kind]
+    times = {}
+    control_mode = "pd_ee_delta_pos" if (kind == "bet" and env_id == "StackCube-v0") else "pd_ee_delta_pose"
+    demo = data_dir / "trajectory.h5"
+    if not (data_dir / "summary.json").exists() or json.loads((data_dir / "summary.json").read_text())["successes"] < budget.num_demos:
+        times["demos"] = stage(f"1/4 demonstrations: {budget.num_demos} for {env_id}", [
+            sys.executable, "-m", "pi_dec.demos", "--env-id", env_id, "--num-demos", budget.num_demos,
+            "--out", data_dir, "--num-procs", 2])
+    offline_out, online_out = out / "offline", out / "online"
+    times["base"] = stage(f"2/4 base policy ({kind}) from the demonstrations", [
+        sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo, "--control-mode", control_mode,
+        "--seed", seed, "--output-dir", offline_out, "--exp-name", "base", *budget.offline_args])
+    base_run = newest_run(offline_out)
+    base_ckpt = base_run / "checkpoints" / "best.pt"
+    times["online"] = stage("3/4 Policy Decorator online", [
+        sys.executable, online_script, "--env-id", env_id, "--base-policy-ckpt", base_ckpt, "--seed", seed,
+        "--output-dir", online_out, "--exp-name", "pi_dec", *budget.online_args])
+    online_run = newest_run(online_out)
+    print(f"\n=== 4/4 evaluating base and refined policy on the same {len(eval_seeds)} seeds", flush=True)
+    t0 = time.time()
+    results = eval_policies(base_ckpt, online_run, kind, env_id, eval_seeds, out / "videos" if video else None)
+    times["eval"] = time.time() - t0
+    online_args = json.loads((online_run / "args.json").read_text())
+    summary = {
+        "task": env_id, "base": kind, "seed": seed, "num_demos": budget.num_demos,
+        "offline_args": budget.offline_args, "online_args": budget.online_args,
+        "online_env_steps": online_args["total_timesteps"] * online_args["act_horizon_executed"],
+        "eval_episodes": len(eval_seeds),
+        "success_base": float(np.mean(results["base"]["success"])),
+        "success_refined": float(np.mean(results["refined"]["success"])),
+        "jerk_base": float(np.nanmean(results["base"]["jerk"])),
+        "jerk_refined": float(np.nanmean(results["refined"]["jerk"])),
+        "len_base": float(np.mean(results["base"]["len"])), "len_refined": float(np.mean(results["refined"]["len"])),
+        "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_seconds": round(sum(times.values()), 1),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=ROOT).stdout.strip() or "unknown",
+        "base_run": str(base_run), "online_run": str(online_run),
+    }
+    learning_curve(online_run, summary["success_base"], out / "learning_curve.png",
+                   f"{env_id}, {kind} base, seed {seed}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,143 @@
+"""Results that accumulate across sessions: one experiment per (task, base policy, seed), each within
+about an hour on a 2-core CPU, each leaving a small JSON in results/runs/; the report is rebuilt from
+whatever JSONs exist.
+
+    python -m pi_dec.results run --task PickCube-v0 --base diffusion --seed 1
+    python -m pi_dec.results report          # results/README.md, results/*.png, README section
+
+Budgets per task are below (CPU-sized: the paper's budgets are GPU budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pi_dec.experiment import ROOT, Budget, run_experiment
+from pi_dec.quickstart import QUICKSTART
+
+RESULTS = ROOT / "results"
+EVAL_SEEDS = list(range(100_000, 100_100))
+
+# (task, base) -> budget. The PickCube/Diffusion budget is the quickstart's.
+BUDGETS = {
+    ("PickCube-v0", "diffusion"): QUICKSTART,
+    ("PickCube-v0", "bet"): Budget(
+        num_demos=100,
+        offline_args=["--context-window", "10", "--n-embedding", "64", "--batch-size", "256", "--lr", "1e-3",
+                      "--total-iters", "3000", "--eval-freq", "1000", "--num-eval-episodes", "20",
+                      "--num-eval-envs", "4", "--save-freq", "1000", "--log-freq", "100"],
+        online_args=["--num-envs", "4", "--total-timesteps", "100000", "--learning-starts", "4000",
+                     "--batch-size", "256", "--res-scale", "0.1", "--prog-explore", "20000", "--eval-freq", "10000",
+                     "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "5000", "--save-freq", "50000"]),
+    ("StackCube-v0", "diffusion"): Budget(
+        num_demos=200, offline_args=QUICKSTART.offline_args[:9] + ["6000"] + QUICKSTART.offline_args[10:],
+        online_args=QUICKSTART.online_args[:3] + ["60000"] + QUICKSTART.online_args[4:]),
+    ("PegInsertionSide-v2", "diffusion"): Budget(
+        num_demos=300, offline_args=QUICKSTART.offline_args[:9] + ["8000"] + QUICKSTART.offline_args[10:],
+        online_args=QUICKSTART.online_args[:3] + ["60000"] + QUICKSTART.online_args[4:]),
+}
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run(task: str, base: str, seed: int) -> Path:
+    budget = BUDGETS[(task, base)]
+    out = ROOT / "output" / "results" / f"{task}_{base}_{seed}"
+    summary = run_experiment(task, base, seed, budget, out, ROOT / "data" / task.split("-")[0], EVAL_SEEDS,
+                             video=False)
+    summary["machine"] = machine()
+    path = RESULTS / "runs" / f"{task}_{base}_{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
+def report() -> str:
+    runs = [json.loads(p.read_text()) for p in sorted((RESULTS / "runs").glob("*.json"))]
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["task"], r["base"]), []).append(r)
+
+    def stat(values, fmt="{:.2f}"):
+        values = np.asarray(values, dtype=float)
+        return fmt.format(values.mean()) + (f" ± {fmt.format(values.std())}" if len(values) > 1 else "")
+
+    lines = ["| task | base | seeds | online env steps | base success | Policy Decorator success | "
+             "jerk base | jerk refined | wall time / run |", "|---|---|---|---|---|---|---|---|---|"]
+    for (task, base), rs in sorted(groups.items()):
+        lines.append(f"| {task} | {base} | {len(rs)} | {rs[0]['online_env_steps']:,} | "
+                     f"{stat([r['success_base'] for r in rs])} | {stat([r['success_refined'] for r in rs])} | "
+                     f"{stat([r['jerk_base'] for r in rs], '{:.1e}')} | {stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
+                     f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min |")
+    if not groups:
+        lines.append("| (no runs yet) | | | | | | | | |")
+    table = "\n".join(lines)
+    notes = (f"Success: fraction of {len(EVAL_SEEDS)} evaluation episodes (the same seeds for base and refined "
+             "policy) that succeed; mean ± std over seeds. Jerk: mean squared second difference of the executed "
+             "arm actions (lower is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
+             + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed>` with the "
+             "budgets in `pi_dec/results.py`.")
+    (RESULTS / "README.md").write_text("# Results\n\n" + table + "\n\n" + notes + "\n")
+    _plot(groups)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = f"<!-- results:start -->\n{table}\n\n{notes}\n<!-- results:end -->"
+    text = re.sub(r"<!-- results:start -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
+    readme.write_text(text)
+    print(table)
+    return table
+
+
+def _plot(groups: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not groups:
+        return
+    names = [f"{t}\n{b}" for t, b in sorted(groups)]
+    base = [np.mean([r["success_base"] for r in groups[k]]) for k in sorted(groups)]
+    refined = [np.mean([r["success_refined"] for r in groups[k]]) for k in sorted(groups)]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(names)), 3.4), dpi=120)
+    ax.bar(x - 0.2, base, 0.4, label="base policy", color="gray")
+    ax.bar(x + 0.2, refined, 0.4, label="Policy Decorator")
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "success.png")
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run one experiment and write results/runs/<task>_<base>_<seed>.json")
+    r.add_argument("--task", required=True, choices=sorted({t for t, _ in BUDGETS}))
+    r.add_argument("--base", required=True, choices=["diffusion", "bet"])
+    r.add_argument("--seed", type=int, default=1)
+    sub.add_parser("report", help="rebuild results/README.md, results/success.png and the README section")
+    args = parser.parse_args()
+    if args.cmd == "run":
+        run(args.task, args.base, args.seed)
+        report()
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
