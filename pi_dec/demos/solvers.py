@@ -72,9 +72,13 @@ def _hold(planner: PandaPlanner, steps: int):
 
 
 def solve_pick_cube(planner: PandaPlanner, lift_margin: float = 0.0) -> dict:
-    """PickCube / LiftCube: grasp the cube and carry its centre to the goal, then hold still."""
+    """PickCube / LiftCube: grasp the cube and carry its centre to the goal, then hold still.
+
+    The hand keeps its orientation (the fingers square the cube up): the demos then have no large
+    wrist turns, which makes them much easier to imitate and lets them convert to pd_ee_delta_pos.
+    """
     env = planner.base_env
-    grasp = _pick(planner, env, env.obj, env.cube_half_size)
+    grasp = _pick(planner, env, env.obj, env.cube_half_size, keep_orientation=True)
     tcp_to_cube = env.obj.pose.p - env.tcp.pose.p
     goal = np.asarray(env.goal_pos) + [0, 0, lift_margin]
     planner.move(sapien.Pose(goal - tcp_to_cube, grasp.q), settle_steps=10)
