@@ -11,9 +11,8 @@ with args.json, tensorboard logs and checkpoints/{best,<iter>}.pt ({'agent': sta
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import tyro
 from tqdm import tqdm
@@ -21,31 +20,12 @@ from tqdm import tqdm
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
 from pi_dec.base_policies import BET_ALGO, BeTPolicy
 from pi_dec.demo_data import load_demos, random_batches
-from pi_dec.make_env import asset_kwargs, check_env, make_vec_env
-from pi_dec.run import Run, StepTimer, run_episodes, setup_torch, user_errors
+from pi_dec.make_env import asset_kwargs, check_env
+from pi_dec.run import Run, RunArgs, StepTimer, UsageError, offline_eval_envs, run_episodes, setup_torch, user_errors
 
 
 @dataclass
-class Args:
-    exp_name: str = "test"
-    """name of this experiment (last part of the run folder)"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """torch.backends.cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when available"""
-    num_threads: int | None = None
-    """torch CPU threads (default: half the cores)"""
-    track: bool = False
-    """track with Weights and Biases"""
-    wandb_project_name: str = "policy_decorator"
-    """wandb project"""
-    wandb_entity: str | None = None
-    """wandb entity (team)"""
-    capture_video: bool = False
-    """record videos of the evaluation episodes (run folder/videos)"""
-
+class Args(RunArgs):
     env_id: str = "TurnFaucet-v2"
     """the task"""
     demo_path: str = "data/TurnFaucet/trajectory.h5"
@@ -72,8 +52,6 @@ class Args:
     weight_decay: float = 2e-4
     """AdamW weight decay of the transformer's Linear weights"""
 
-    output_dir: str = "output"
-    """root folder of runs"""
     log_freq: int = 1000
     """log losses every N iterations"""
     eval_freq: int = 5000
@@ -84,16 +62,8 @@ class Args:
     """episodes per evaluation"""
     num_eval_envs: int = 10
     """parallel evaluation envs (too many biases towards short episodes)"""
-    sync_venv: bool = False
-    """evaluation envs in this process instead of worker processes"""
     control_mode: str = "pd_ee_delta_pose"
     """control mode; must match the demonstrations"""
-    obj_ids: list[str] = field(default_factory=list)
-    """PartNet-Mobility model ids for TurnFaucet/PushChair (default: the task's own)"""
-    asset_root: str | None = None
-    """folder of PartNet-Mobility models (default: $MS2_ASSET_DIR/partnet_mobility/dataset)"""
-    model_json: str | None = None
-    """PartNet-Mobility model json (default: ManiSkill2's)"""
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -124,7 +94,7 @@ class WindowDataset:
             print(f"Skipped {skipped} of {len(trajs)} trajectories; a context window <= "
                   f"{min(len(t['actions']) for t in trajs)} would use them all.")
         if not starts:
-            raise ValueError(f"No trajectory is longer than the context window ({context_window}).")
+            raise UsageError(f"No trajectory is longer than the context window ({context_window}).")
         self.obs = torch.cat(obs_chunks).to(device)  # (transitions, obs_dim)
         self.act = torch.cat(act_chunks).to(device)  # (transitions, act_dim)
         self.start = torch.cat(starts).to(device)
@@ -172,16 +142,7 @@ def main(args: Args) -> Run:
     optimizer = make_optimizer(agent, args.lr, args.weight_decay)
     agent.net.fit_clusters(data.act, iters=50)  # k-means over every demo action
 
-    eval_envs = None
-    if args.eval_freq and args.eval_freq <= args.total_iters:
-        n_envs = min(args.num_eval_envs, args.num_eval_episodes)
-        eval_envs = make_vec_env(args.env_id, n_envs, args.seed + 1000, args.control_mode, args.context_window,
-                                 video_dir=str(run.path / "videos") if args.capture_video else None,
-                                 env_kwargs=env_kwargs, asynchronous=not args.sync_venv, act_chunks=False)
-        eval_envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
-        assert eval_envs.single_observation_space.shape == (args.context_window, obs_dim), \
-            f"env observations {eval_envs.single_observation_space.shape[1:]} != demo observations ({obs_dim},)"
-        assert eval_envs.single_action_space.shape == (act_dim,), "env and demo action dims differ"
+    eval_envs = offline_eval_envs(args, args.context_window, obs_dim, act_dim, run, env_kwargs, act_chunks=False)
 
     def evaluate() -> dict:
         agent.eval()
@@ -193,7 +154,6 @@ def main(args: Args) -> Run:
     # ---------------------------------------------------------------------------------------- #
     # ALGO LOGIC: focal loss on the nearest cluster + 1000 x MSE of its offset, every window step
     # ---------------------------------------------------------------------------------------- #
-    best_success = -1.0
     timer = StepTimer()
     agent.train()
     progress = tqdm(range(1, args.total_iters + 1), desc="BeT", dynamic_ncols=True)
@@ -212,14 +172,9 @@ def main(args: Args) -> Run:
                      "charts/learning_rate": optimizer.param_groups[0]["lr"],
                      "time/wall_seconds": time.time() - run.start_time, **timer.scalars()}, it)
         if eval_envs is not None and it % args.eval_freq == 0:
-            result = evaluate()
-            timer.lap("eval")
-            run.log({f"eval/{k}": np.mean(v) for k, v in result.items()}, it)
-            success = float(np.mean(result["success"]))
-            progress.write(f"iter {it}: eval success {success:.3f} over {len(result['success'])} episodes")
-            if success > best_success:
-                best_success = success
+            if run.record_eval(evaluate(), it):
                 run.save({"agent": agent.state_dict()}, "best")
+            timer.lap("eval")
         if args.save_freq and it % args.save_freq == 0:
             run.save({"agent": agent.state_dict()}, str(it))
     if eval_envs is None:  # never evaluated: the final weights are the best we know

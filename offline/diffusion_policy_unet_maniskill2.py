@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import tyro
 from tqdm import tqdm
@@ -21,31 +20,12 @@ from tqdm import tqdm
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
 from pi_dec.base_policies import DP_ALGO, DiffusionPolicy
 from pi_dec.demo_data import load_demos, random_batches
-from pi_dec.make_env import asset_kwargs, check_env, make_vec_env
-from pi_dec.run import Run, StepTimer, run_episodes, setup_torch, user_errors
+from pi_dec.make_env import asset_kwargs, check_env
+from pi_dec.run import Run, RunArgs, StepTimer, UsageError, offline_eval_envs, run_episodes, setup_torch, user_errors
 
 
 @dataclass
-class Args:
-    exp_name: str = "test"
-    """name of this experiment (last part of the run folder)"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """torch.backends.cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when available"""
-    num_threads: int | None = None
-    """torch CPU threads (default: half the cores)"""
-    track: bool = False
-    """track with Weights and Biases"""
-    wandb_project_name: str = "policy_decorator"
-    """wandb project"""
-    wandb_entity: str | None = None
-    """wandb entity (team)"""
-    capture_video: bool = False
-    """record videos of the evaluation episodes (run folder/videos)"""
-
+class Args(RunArgs):
     env_id: str = "PegInsertionSide-v2"
     """the task"""
     demo_path: str = "data/PegInsertionSide/trajectory.h5"
@@ -72,8 +52,6 @@ class Args:
     n_groups: int = 8
     """GroupNorm groups (4 and 8 are similar)"""
 
-    output_dir: str = "output"
-    """root folder of runs"""
     log_freq: int = 1000
     """log losses every N iterations"""
     eval_freq: int = 10_000
@@ -84,16 +62,8 @@ class Args:
     """episodes per evaluation"""
     num_eval_envs: int = 10
     """parallel evaluation envs (too many biases towards short episodes)"""
-    sync_venv: bool = False
-    """evaluation envs in this process instead of worker processes"""
     control_mode: str = "pd_ee_delta_pose"
     """control mode; must match the demonstrations"""
-    obj_ids: list[str] = field(default_factory=list)
-    """PartNet-Mobility model ids for TurnFaucet/PushChair (default: the task's own)"""
-    asset_root: str | None = None
-    """folder of PartNet-Mobility models (default: $MS2_ASSET_DIR/partnet_mobility/dataset)"""
-    model_json: str | None = None
-    """PartNet-Mobility model json (default: ManiSkill2's)"""
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -105,7 +75,7 @@ def pad_action_for(control_mode: str, act_dim: int) -> torch.Tensor:
     # NOTE(original): "delta_pos" also matches pd_ee_delta_pose.
     if "delta_pos" in control_mode or control_mode == "base_pd_joint_vel_arm_pd_joint_vel":
         return torch.zeros(act_dim)
-    raise ValueError(f"Diffusion Policy pads action sequences with 'no motion', which control mode {control_mode!r} "
+    raise UsageError(f"Diffusion Policy pads action sequences with 'no motion', which control mode {control_mode!r} "
                      "cannot express: use a delta mode (pd_ee_delta_pose, pd_ee_delta_pos, pd_joint_delta_pos) "
                      "or base_pd_joint_vel_arm_pd_joint_vel.")
 
@@ -183,18 +153,7 @@ def main(args: Args) -> Run:
         ema.copy_to(ema_agent.parameters())
         return {"agent": agent.state_dict(), "ema_agent": ema_agent.state_dict()}
 
-    # Evaluation envs only when an evaluation will run (they are worker processes).
-    eval_envs = None
-    if args.eval_freq and args.eval_freq <= args.total_iters:
-        n_envs = min(args.num_eval_envs, args.num_eval_episodes)
-        eval_envs = make_vec_env(args.env_id, n_envs, args.seed + 1000, args.control_mode, args.obs_horizon,
-                                 video_dir=str(run.path / "videos") if args.capture_video else None,
-                                 env_kwargs=env_kwargs,
-                                 asynchronous=not args.sync_venv)
-        eval_envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
-        assert eval_envs.single_observation_space.shape == (args.obs_horizon, obs_dim), \
-            f"env observations {eval_envs.single_observation_space.shape[1:]} != demo observations ({obs_dim},)"
-        assert eval_envs.single_action_space.shape == (act_dim,), "env and demo action dims differ"
+    eval_envs = offline_eval_envs(args, args.obs_horizon, obs_dim, act_dim, run, env_kwargs)
 
     def evaluate() -> dict:
         ema.copy_to(ema_agent.parameters())  # evaluate the EMA weights
@@ -204,7 +163,6 @@ def main(args: Args) -> Run:
     # ---------------------------------------------------------------------------------------- #
     # ALGO LOGIC: denoising loss on random windows
     # ---------------------------------------------------------------------------------------- #
-    best_success = -1.0
     timer = StepTimer()
     agent.train()
     progress = tqdm(range(1, args.total_iters + 1), desc="Diffusion Policy", dynamic_ncols=True)
@@ -224,14 +182,9 @@ def main(args: Args) -> Run:
             run.log({"losses/total_loss": loss_value, "charts/learning_rate": optimizer.param_groups[0]["lr"],
                      "time/wall_seconds": time.time() - run.start_time, **timer.scalars()}, it)
         if eval_envs is not None and it % args.eval_freq == 0:
-            result = evaluate()
-            timer.lap("eval")
-            run.log({f"eval/{k}": np.mean(v) for k, v in result.items()}, it)
-            success = float(np.mean(result["success"]))
-            progress.write(f"iter {it}: eval success {success:.3f} over {len(result['success'])} episodes")
-            if success > best_success:
-                best_success = success
+            if run.record_eval(evaluate(), it):
                 run.save(checkpoint(), "best")
+            timer.lap("eval")
         if args.save_freq and it % args.save_freq == 0:
             run.save(checkpoint(), str(it))
     if eval_envs is None:  # never evaluated: the final weights are the best we know

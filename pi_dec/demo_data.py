@@ -100,7 +100,7 @@ def random_batches(n: int, batch_size: int, device):
     """Endless batches of indices into n training windows: a fresh random permutation per epoch, the
     incomplete last batch dropped (as torch's BatchSampler with drop_last)."""
     if n < batch_size:
-        raise ValueError(f"--batch-size {batch_size} is larger than the {n} training windows: lower it or add demos.")
+        raise DemoFileError(f"--batch-size {batch_size} is larger than the {n} training windows: lower it or add demos.")
     while True:
         perm = torch.randperm(n, device=device)
         for i in range(n // batch_size):

@@ -18,7 +18,7 @@ import dataclasses
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -30,31 +30,12 @@ from tqdm import tqdm
 
 from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
 from pi_dec.nets.sac import ResidualActor, SoftQNetwork, xavier_init_
-from pi_dec.run import Run, StepTimer, atomic_torch_save, run_episodes, setup_torch
+from pi_dec.run import Run, RunArgs, StepTimer, UsageError, run_episodes, setup_torch
 
 
 @dataclass
-class OnlineArgs:
+class OnlineArgs(RunArgs):
     """Flags shared by both online scripts (each script sets its own defaults on top)."""
-
-    exp_name: str = "test"
-    """name of this experiment (last part of the run folder)"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """torch.backends.cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when available"""
-    num_threads: int | None = None
-    """torch CPU threads (default: half the cores)"""
-    track: bool = False
-    """track with Weights and Biases"""
-    wandb_project_name: str = "policy_decorator"
-    """wandb project"""
-    wandb_entity: str | None = None
-    """wandb entity (team)"""
-    capture_video: bool = False
-    """record videos of the evaluation episodes (run folder/videos)"""
 
     env_id: str = "PegInsertionSide-v2"
     """the task"""
@@ -104,8 +85,6 @@ class OnlineArgs:
     log_std_min: float = -20.0
     """lower bound of the actor's log std"""
 
-    output_dir: str = "output"
-    """root folder of runs"""
     eval_freq: int = 50_000
     """evaluate every N steps"""
     num_envs: int = 16
@@ -114,8 +93,6 @@ class OnlineArgs:
     """episodes per evaluation"""
     num_eval_envs: int = 5
     """parallel evaluation envs"""
-    sync_venv: bool = False
-    """envs in this process instead of worker processes"""
     log_freq: int = 20_000
     """log training statistics every N steps"""
     save_freq: int | None = 1_000_000
@@ -124,12 +101,6 @@ class OnlineArgs:
     """include the replay buffer in checkpoints (needed for an exact --resume)"""
     resume: str | None = None
     """continue the run of this checkpoint, in its folder"""
-    obj_ids: list[str] = field(default_factory=list)
-    """PartNet-Mobility model ids for TurnFaucet/PushChair (default: the held-out ones)"""
-    asset_root: str | None = None
-    """folder of PartNet-Mobility models (default: $MS2_ASSET_DIR/partnet_mobility/dataset)"""
-    model_json: str | None = None
-    """PartNet-Mobility model json (default: ManiSkill2's)"""
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -218,12 +189,12 @@ class ReplayBuffer:
 # ------------------------------------------------------------------------------------------------ #
 def validate(args: OnlineArgs) -> None:
     if args.training_freq % args.num_envs:
-        raise ValueError(f"--training-freq ({args.training_freq}) must be a multiple of --num-envs ({args.num_envs}).")
+        raise UsageError(f"--training-freq ({args.training_freq}) must be a multiple of --num-envs ({args.num_envs}).")
     if not (args.training_freq * args.utd).is_integer():
-        raise ValueError(f"--training-freq x --utd must be a whole number of updates (got {args.training_freq * args.utd}).")
+        raise UsageError(f"--training-freq x --utd must be a whole number of updates (got {args.training_freq * args.utd}).")
     n_eval = min(args.num_eval_envs, args.num_eval_episodes)
     if args.num_eval_episodes % n_eval:
-        raise ValueError("--num-eval-episodes must be a multiple of --num-eval-envs.")
+        raise UsageError("--num-eval-episodes must be a multiple of --num-eval-envs.")
 
 
 def crossed(step: int, span: int, every: int | None) -> bool:
@@ -462,11 +433,8 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
             if "train/success" in scalars:
                 progress.set_postfix(success=f"{scalars['train/success']:.2f}")
         if crossed(global_step, args.training_freq, args.eval_freq):
-            result = evaluate()
+            run.record_eval(evaluate(), global_step)
             timer.lap("eval")
-            run.log({f"eval/{k}": np.mean(v) for k, v in result.items()}, global_step)
-            progress.write(f"step {global_step}: eval success {np.mean(result['success']):.3f} "
-                           f"over {len(result['success'])} episodes")
         if global_step >= args.total_timesteps or crossed(global_step, args.training_freq, args.save_freq):
             checkpoint()
     progress.close()

@@ -15,8 +15,48 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pi_dec.make_env import UnknownEnvError, finished_episodes
+
+
+class UsageError(ValueError):
+    """Flags or inputs that do not fit together (the message says how to fix them)."""
+
+
+@dataclasses.dataclass
+class RunArgs:
+    """Flags every script shares: the experiment, tracking, device, and which models an env loads."""
+
+    exp_name: str = "test"
+    """name of this experiment (last part of the run folder)"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA when available"""
+    num_threads: int | None = None
+    """torch CPU threads (default: half the cores)"""
+    track: bool = False
+    """track with Weights and Biases"""
+    wandb_project_name: str = "policy_decorator"
+    """wandb project"""
+    wandb_entity: str | None = None
+    """wandb entity (team)"""
+    capture_video: bool = False
+    """record videos of the evaluation episodes (run folder/videos)"""
+
+    output_dir: str = "output"
+    """root folder of runs"""
+    sync_venv: bool = False
+    """envs in this process instead of worker processes"""
+    obj_ids: list[str] = dataclasses.field(default_factory=list)
+    """PartNet-Mobility model ids for TurnFaucet/PushChair (default: the held-out ones)"""
+    asset_root: str | None = None
+    """folder of PartNet-Mobility models (default: $MS2_ASSET_DIR/partnet_mobility/dataset)"""
+    model_json: str | None = None
+    """PartNet-Mobility model json (default: ManiSkill2's)"""
 
 
 def default_threads() -> int:
@@ -84,10 +124,20 @@ class Run:
                              "\n".join(f"|{k}|{v}|" for k, v in config.items()))
         self.ckpt_dir = self.path / "checkpoints"
         self.start_time = time.time()
+        self.best_success = -1.0
 
     def log(self, scalars: dict, step: int) -> None:
         for key, value in scalars.items():
             self.writer.add_scalar(key, float(value), step)
+
+    def record_eval(self, result: dict, step: int) -> bool:
+        """Log an evaluation under eval/; True if its success rate is the best so far."""
+        self.log({f"eval/{k}": np.mean(v) for k, v in result.items()}, step)
+        success = float(np.mean(result["success"]))
+        tqdm.write(f"step {step}: eval success {success:.3f} over {len(result['success'])} episodes")
+        best = success > self.best_success
+        self.best_success = max(self.best_success, success)
+        return best
 
     def save(self, obj, tag: str) -> Path:
         path = self.ckpt_dir / f"{tag}.pt"
@@ -96,6 +146,24 @@ class Run:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def offline_eval_envs(args, window: int, obs_dim: int, act_dim: int, run: Run, env_kwargs: dict,
+                      act_chunks: bool = True):
+    """Evaluation envs of an offline run, seeded once; None when no evaluation will run (they are worker
+    processes, so they are not started for nothing)."""
+    from pi_dec.make_env import make_vec_env
+
+    if not args.eval_freq or args.eval_freq > args.total_iters:
+        return None
+    envs = make_vec_env(args.env_id, min(args.num_eval_envs, args.num_eval_episodes), args.seed + 1000,
+                        args.control_mode, window, video_dir=str(run.path / "videos") if args.capture_video else None,
+                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv, act_chunks=act_chunks)
+    envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
+    if envs.single_observation_space.shape != (window, obs_dim) or envs.single_action_space.shape != (act_dim,):
+        raise UsageError(f"{args.env_id} ({args.control_mode}) has observations {envs.single_observation_space.shape[1:]} "
+                         f"and actions {envs.single_action_space.shape}, the demonstrations ({obs_dim},) and ({act_dim},).")
+    return envs
 
 
 def run_episodes(n: int, act, envs) -> dict[str, list]:
@@ -144,7 +212,7 @@ class user_errors:
         from pi_dec.envs import MissingAssetError
 
         if exc_type is not None and issubclass(exc_type, (CheckpointError, DemoFileError, MissingAssetError,
-                                                          UnknownEnvError)):
+                                                          UnknownEnvError, UsageError)):
             import sys
 
             print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,8 @@ import torch
 
 from conftest import ROOT, load_script, run_script
 from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, read_checkpoint
-from pi_dec.nets.bet import BehaviorTransformer, GPT, focal_loss, kmeans
+from pi_dec.nets.bet import GPT, BehaviorTransformer, focal_loss, kmeans
+from pi_dec.run import UsageError
 
 DP = load_script("offline/diffusion_policy_unet_maniskill2.py")
 BET = load_script("offline/bet_maniskill2.py")
@@ -53,7 +54,7 @@ def test_dp_windows_of_several_trajectories_do_not_mix():
 
 
 def test_dp_refuses_absolute_control_modes():
-    with pytest.raises(ValueError, match="pd_joint_pos.*delta mode"):
+    with pytest.raises(UsageError, match="pd_joint_pos.*delta mode"):
         DP.pad_action_for("pd_joint_pos", 8)
 
 
