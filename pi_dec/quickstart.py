@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 from pi_dec.experiment import ROOT, Budget, run_experiment
 

@@ -24,6 +24,14 @@ from pi_dec.quickstart import QUICKSTART
 RESULTS = ROOT / "results"
 EVAL_SEEDS = list(range(100_000, 100_100))
 
+def with_flags(args: list[str], **values) -> list[str]:
+    """A copy of a flag list with some flags' values replaced: with_flags(a, total_iters=6000)."""
+    out = list(args)
+    for name, value in values.items():
+        out[out.index("--" + name.replace("_", "-")) + 1] = str(value)
+    return out
+
+
 # (task, base) -> budget. The PickCube/Diffusion budget is the quickstart's.
 BUDGETS = {
     ("PickCube-v0", "diffusion"): QUICKSTART,
@@ -36,11 +44,11 @@ BUDGETS = {
                      "--batch-size", "256", "--res-scale", "0.1", "--prog-explore", "20000", "--eval-freq", "10000",
                      "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "5000", "--save-freq", "50000"]),
     ("StackCube-v0", "diffusion"): Budget(
-        num_demos=200, offline_args=QUICKSTART.offline_args[:9] + ["6000"] + QUICKSTART.offline_args[10:],
-        online_args=QUICKSTART.online_args[:3] + ["60000"] + QUICKSTART.online_args[4:]),
+        num_demos=200, offline_args=with_flags(QUICKSTART.offline_args, total_iters=6000),
+        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000)),
     ("PegInsertionSide-v2", "diffusion"): Budget(
-        num_demos=300, offline_args=QUICKSTART.offline_args[:9] + ["8000"] + QUICKSTART.offline_args[10:],
-        online_args=QUICKSTART.online_args[:3] + ["60000"] + QUICKSTART.online_args[4:]),
+        num_demos=300, offline_args=with_flags(QUICKSTART.offline_args, total_iters=8000),
+        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000)),
 }
 
 
@@ -64,6 +72,7 @@ def run(task: str, base: str, seed: int) -> Path:
 
 
 def report() -> str:
+    RESULTS.mkdir(parents=True, exist_ok=True)
     runs = [json.loads(p.read_text()) for p in sorted((RESULTS / "runs").glob("*.json"))]
     groups: dict[tuple, list] = {}
     for r in runs:

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import sapien.core as sapien
 from mani_skill2.envs.assembly.peg_insertion_side import PegInsertionSideEnv
-from mani_skill2.envs.misc.turn_faucet import TurnFaucetEnv
 
 from pi_dec.envs import (CHAIR_ONLINE_IDS, FAUCET_ONLINE_IDS, MissingAssetError, PushChairV2, TurnFaucetV2,
                          preflight)

@@ -2,10 +2,6 @@
 both scripts end to end on generated demonstrations."""
 
 import json
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
