@@ -1,5 +1,6 @@
 """`make quickstart`: Policy Decorator end to end on one task, sized for a 2-core CPU (~30 minutes).
 
+0. render one frame of the task to assets/quickstart_frame.png (proves the renderer works),
 1. generate demonstrations for PickCube-v0 by motion planning (data/PickCube),
 2. train a deliberately small Diffusion Policy on them (a short budget, so it is imperfect),
 3. refine it online with Policy Decorator,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from pi_dec.experiment import ROOT, Budget, run_experiment
 
@@ -42,6 +44,22 @@ QUICK = Budget(
 )
 
 
+def render_frame(env_id: str, out: Path) -> None:
+    import gymnasium as gym
+    from PIL import Image
+
+    import pi_dec
+    import pi_dec.envs  # noqa: F401
+
+    env = gym.make(env_id, obs_mode="state", render_mode="cameras")
+    env.reset(seed=0)
+    frame = env.render()
+    env.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame).save(out)
+    print(f"render device: {pi_dec.RENDER.mode} ({pi_dec.RENDER.reason}); wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1",
@@ -55,6 +73,7 @@ def main() -> None:
     data_dir = ROOT / "data" / ("PickCube-quick" if args.quick else "PickCube")
     eval_seeds = list(range(100_000, 100_000 + budget.eval_episodes))
     start = time.time()
+    render_frame(ENV_ID, ROOT / "assets" / "quickstart_frame.png")
     s = run_experiment(ENV_ID, "diffusion", args.seed, budget, out, data_dir, eval_seeds)
     rows = [("", "base policy", "Policy Decorator"),
             ("success", f"{s['success_base']:.2f}", f"{s['success_refined']:.2f}"),

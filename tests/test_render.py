@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pi_dec.render import LAYER_NAME, build_layer, find_icd
@@ -82,3 +83,13 @@ def test_doctor_reports_lavapipe_and_tasks():
         assert row(env_id).startswith("ok"), row(env_id)
     for env_id in ("TurnFaucet-v2", "PushChair-v2"):  # either real assets or the clear message
         assert row(env_id).startswith(("ok", "missing assets: PartNet-Mobility models")), row(env_id)
+
+
+def test_quickstart_renders_a_frame(tmp_path):
+    from PIL import Image
+
+    from pi_dec.quickstart import render_frame
+
+    render_frame("PickCube-v0", tmp_path / "frame.png")
+    image = np.asarray(Image.open(tmp_path / "frame.png"))
+    assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 10  # a scene, not a blank image
