@@ -26,7 +26,7 @@ QUICKSTART = Budget(
     num_demos=100,
     # No offline evaluation (DDPM-100 sampling costs ~1 s per decision on a CPU): best.pt is the final
     # model, and step 4 evaluates it exactly as it acts online (DDIM-4).
-    offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "128", "--lr", "3e-4", "--total-iters", "3000",
+    offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "128", "--lr", "3e-4", "--total-iters", "10000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
     online_args=["--num-envs", "4", "--total-timesteps", "40000", "--learning-starts", "2000", "--batch-size", "256",
                  "--res-scale", "0.1", "--prog-explore", "10000", "--eval-freq", "4000", "--num-eval-episodes", "20",
