@@ -22,7 +22,7 @@ from pathlib import Path
 import tyro
 from tqdm import tqdm
 
-from pi_dec.demos.generate import convert, count_episodes, episode_lengths, merge_shards, record_shard
+from pi_dec.demos.generate import convert, episode_lengths, merge_shards, record_shard
 from pi_dec.demos.solvers import SOLVERS
 
 # Control modes the README's commands train on: Diffusion Policy and BeT use pd_ee_delta_pose; the
@@ -102,8 +102,7 @@ def main(args: Args) -> dict:
         path.replace(final)
         path.with_suffix(".json").replace(final.with_suffix(".json"))
         lengths = episode_lengths(final)
-        converted[mode] = {"file": str(final), "episodes": count_episodes(final),
-                           "yield": count_episodes(final) / successes,
+        converted[mode] = {"file": str(final), "episodes": len(lengths), "yield": len(lengths) / successes,
                            "length_min": min(lengths, default=0), "length_max": max(lengths, default=0),
                            "seconds": round(time.time() - t0, 1)}
 

@@ -110,9 +110,5 @@ def convert(raw_h5: str, control_mode: str, num_procs: int = 1) -> Path:
     return out
 
 
-def count_episodes(h5_path) -> int:
-    return len(json.loads(Path(h5_path).with_suffix(".json").read_text())["episodes"])
-
-
 def episode_lengths(h5_path) -> list[int]:
     return [ep["elapsed_steps"] for ep in json.loads(Path(h5_path).with_suffix(".json").read_text())["episodes"]]
