@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import tyro
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
+from pi_dec.base_policies import frozen_base_actions
 from pi_dec.policy_decorator import OnlineArgs, load_frozen_base, train
 from pi_dec.run import user_errors
 
@@ -44,14 +44,10 @@ class Args(OnlineArgs):
 
 def main(args: Args):
     base, cfg, device = load_frozen_base(args, "bet")
-    # NOTE(original): the frozen BeT keeps dropout on ("BeT performs better with dropout in our experiments").
-    base.train()
-
-    def base_act(obs_seq: torch.Tensor) -> torch.Tensor:  # (N, context_window, obs_dim) -> (N, 1, act_dim)
-        return base.get_action(obs_seq)[:, None]
-
-    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=1,
-                 obs_horizon=cfg["context_window"], device=device)
+    # base_act: (N, context_window, obs_dim) -> (N, 1, act_dim); NOTE(original): dropout stays on
+    base_act, obs_horizon, act_horizon = frozen_base_actions(base, "bet", cfg)
+    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=act_horizon, obs_horizon=obs_horizon,
+                 device=device)
 
 
 if __name__ == "__main__":

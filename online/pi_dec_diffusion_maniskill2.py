@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import tyro
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
+from pi_dec.base_policies import frozen_base_actions
 from pi_dec.policy_decorator import OnlineArgs, load_frozen_base, train
 from pi_dec.run import user_errors
 
@@ -49,13 +49,10 @@ class Args(OnlineArgs):
 def main(args: Args):
     # The frozen base: rebuilt from its args.json, sampled with DDIM, executing act_horizon actions.
     base, cfg, device = load_frozen_base(args, "diffusion", overrides={"act_horizon": args.act_horizon})
-    base.use_ddim(args.ddim_steps)
-
-    def base_act(obs_seq: torch.Tensor) -> torch.Tensor:  # (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim)
-        return base.get_action(obs_seq)
-
-    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=args.act_horizon,
-                 obs_horizon=cfg["obs_horizon"], device=device)
+    # base_act: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim), one DDIM sample per decision
+    base_act, obs_horizon, act_horizon = frozen_base_actions(base, "diffusion", cfg, args.ddim_steps)
+    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=act_horizon, obs_horizon=obs_horizon,
+                 device=device)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,18 @@ def load_base_policy(ckpt_path: str | Path, kind: str, obs_dim: int, act_dim: in
     policy.load_state_dict(state)
     policy.eval().requires_grad_(False)
     return policy, cfg
+
+
+def frozen_base_actions(policy: nn.Module, kind: str, cfg: dict, ddim_steps: int = 4):
+    """The frozen base exactly as Policy Decorator runs it, online and in evaluations.
+
+    Returns (act, obs_horizon, act_horizon) with act: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim).
+    Diffusion Policy: DDIM with `ddim_steps`, executing cfg["act_horizon"] actions per decision.
+    BeT: one action per decision.
+    """
+    if kind == "diffusion":
+        policy.use_ddim(ddim_steps)
+        return policy.get_action, cfg["obs_horizon"], cfg["act_horizon"]
+    # NOTE(original): the frozen BeT keeps dropout on ("BeT performs better with dropout in our experiments").
+    policy.train()
+    return (lambda obs_seq: policy.get_action(obs_seq)[:, None]), cfg["context_window"], 1

@@ -102,7 +102,7 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     """Base alone and base + residual (deterministic) on the same seeds."""
     import torch
 
-    from pi_dec.base_policies import load_base_policy
+    from pi_dec.base_policies import frozen_base_actions, load_base_policy
     from pi_dec.nets.sac import ResidualActor
     from pi_dec.policy_decorator import combine, probe_dims
 
@@ -110,16 +110,9 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     base_cfg = online_args["base_policy"]
     control_mode = base_cfg["control_mode"]
     obs_dim, act_dim = probe_dims(env_id, control_mode, {})
-    if kind == "diffusion":
-        base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, {"act_horizon": online_args["act_horizon"]})
-        base.use_ddim(online_args["ddim_steps"])
-        obs_horizon, horizon = cfg["obs_horizon"], online_args["act_horizon"]
-        base_act = base.get_action
-    else:
-        base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim)
-        base.train()  # as online (NOTE(original): the BeT base keeps dropout on)
-        obs_horizon, horizon = cfg["context_window"], 1
-        base_act = lambda o: base.get_action(o)[:, None]  # noqa: E731
+    overrides = {"act_horizon": online_args["act_horizon"]} if kind == "diffusion" else None
+    base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, overrides)
+    base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, online_args.get("ddim_steps", 4))
     final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
     ckpt = torch.load(final, map_location="cpu", weights_only=False)
     res_dim = horizon * act_dim
