@@ -28,9 +28,15 @@ QUICKSTART = Budget(
     # model, and step 4 evaluates it exactly as it acts online (DDIM-4).
     offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "128", "--lr", "3e-4", "--total-iters", "10000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
-    online_args=["--num-envs", "4", "--total-timesteps", "40000", "--learning-starts", "2000", "--batch-size", "256",
-                 "--res-scale", "0.1", "--prog-explore", "10000", "--eval-freq", "4000", "--num-eval-episodes", "20",
-                 "--num-eval-envs", "4", "--log-freq", "2000", "--save-freq", "20000"],
+    # Online: CPU-sized SAC settings (the defaults are the paper's GPU settings; see README "Quickstart"):
+    # a fixed small entropy temperature (autotune starts at alpha = 1, whose entropy bonus outweighs the
+    # -1 per-step reward for ~10^5 steps), a shorter horizon (gamma 0.9), a faster critic and a slower
+    # actor, and a smaller residual.
+    online_args=["--num-envs", "4", "--total-timesteps", "32000", "--learning-starts", "4000", "--batch-size", "256",
+                 "--res-scale", "0.05", "--prog-explore", "10000", "--no-autotune", "--sac-alpha", "0.01",
+                 "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "1e-5", "--utd", "1",
+                 "--eval-freq", "4000", "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "2000",
+                 "--save-freq", "16000"],
     eval_episodes=100,
 )
 QUICK = Budget(
