@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -64,16 +65,21 @@ def run(task: str, base: str, seed: int) -> Path:
     summary = run_experiment(task, base, seed, budget, out, ROOT / "data" / task.split("-")[0], EVAL_SEEDS,
                              video=False)
     summary["machine"] = machine()
-    path = RESULTS / "runs" / f"{task}_{base}_{seed}.json"
+    name = f"{task}_{base}_{seed}"
+    path = RESULTS / "runs" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))
+    curve = RESULTS / "curves" / f"{name}.png"  # small; kept in git next to the summary
+    curve.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "learning_curve.png", curve)
     print(f"wrote {path}")
     return path
 
 
-def report() -> str:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    runs = [json.loads(p.read_text()) for p in sorted((RESULTS / "runs").glob("*.json"))]
+def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
+    """Rebuild <results>/README.md, <results>/success.png and the README's results block from the JSONs."""
+    results.mkdir(parents=True, exist_ok=True)
+    runs = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault((r["task"], r["base"]), []).append(r)
@@ -97,9 +103,8 @@ def report() -> str:
              "arm actions (lower is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
              + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed>` with the "
              "budgets in `pi_dec/results.py`.")
-    (RESULTS / "README.md").write_text("# Results\n\n" + table + "\n\n" + notes + "\n")
-    _plot(groups)
-    readme = ROOT / "README.md"
+    (results / "README.md").write_text("# Results\n\n" + table + "\n\n" + notes + "\n")
+    _plot(groups, results / "success.png")
     text = readme.read_text()
     block = f"<!-- results:start -->\n{table}\n\n{notes}\n<!-- results:end -->"
     text = re.sub(r"<!-- results:start -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
@@ -108,7 +113,7 @@ def report() -> str:
     return table
 
 
-def _plot(groups: dict) -> None:
+def _plot(groups: dict, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,16 +124,22 @@ def _plot(groups: dict) -> None:
     names = [f"{t}\n{b}" for t, b in sorted(groups)]
     base = [np.mean([r["success_base"] for r in groups[k]]) for k in sorted(groups)]
     refined = [np.mean([r["success_refined"] for r in groups[k]]) for k in sorted(groups)]
+    jerk_base = [np.mean([r["jerk_base"] for r in groups[k]]) for k in sorted(groups)]
+    jerk_refined = [np.mean([r["jerk_refined"] for r in groups[k]]) for k in sorted(groups)]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(names)), 3.4), dpi=120)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(max(7, 4.4 * len(names)), 3.4), dpi=120)
     ax.bar(x - 0.2, base, 0.4, label="base policy", color="gray")
     ax.bar(x + 0.2, refined, 0.4, label="Policy Decorator")
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("success rate")
     ax.set_ylim(0, 1.05)
     ax.legend()
+    bx.bar(x - 0.2, jerk_base, 0.4, label="base policy", color="gray")
+    bx.bar(x + 0.2, jerk_refined, 0.4, label="Policy Decorator")
+    bx.set_xticks(x, names, fontsize=8)
+    bx.set_ylabel("mean squared jerk of executed actions\n(lower is smoother)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "success.png")
+    fig.savefig(png)
     plt.close(fig)
 
 

@@ -1,0 +1,88 @@
+"""The evidence pipeline: jerk metric, the results report, and one tiny real experiment end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pi_dec.experiment import Budget, mean_squared_jerk, run_experiment
+from pi_dec.results import report, with_flags
+
+
+def test_jerk_is_zero_for_constant_velocity_and_ignores_the_gripper():
+    t = np.arange(10, dtype=float)[:, None]
+    arm_linear = np.hstack([0.1 * t, -0.2 * t, np.ones_like(t)])  # last column: gripper
+    gripper_flips = arm_linear.copy()
+    gripper_flips[::2, -1] = -1.0
+    assert mean_squared_jerk(arm_linear) == pytest.approx(0.0, abs=1e-12)
+    assert mean_squared_jerk(gripper_flips) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_jerk_matches_the_second_difference():
+    a = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # arm column 0 zig-zags
+    # second differences: (0 - 2 + 0) = -2, (1 - 0 + 1) = 2 -> mean of squares = 4
+    assert mean_squared_jerk(a) == pytest.approx(4.0)
+    assert math.isnan(mean_squared_jerk(a[:2]))  # too short to have a second difference
+
+
+def test_with_flags_replaces_values_without_touching_the_original():
+    args = ["--total-iters", "10", "--lr", "1e-3"]
+    assert with_flags(args, total_iters=5) == ["--total-iters", "5", "--lr", "1e-3"]
+    assert args[1] == "10"
+
+
+def _summary(seed, base, refined, jerk_base, jerk_refined):
+    return {"task": "PickCube-v0", "base": "diffusion", "seed": seed, "online_env_steps": 128000,
+            "success_base": base, "success_refined": refined, "jerk_base": jerk_base, "jerk_refined": jerk_refined,
+            "wall_seconds": 1800.0, "machine": "test machine"}
+
+
+def test_report_aggregates_whatever_summaries_exist(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+
+    table = report(results, readme)
+    assert "(no runs yet)" in table
+
+    for seed, base, refined in ((1, 0.5, 0.7), (2, 0.6, 0.9)):
+        (results / "runs" / f"PickCube-v0_diffusion_{seed}.json").write_text(
+            json.dumps(_summary(seed, base, refined, 2e-3, 1e-3)))
+    table = report(results, readme)
+    row = next(line for line in table.splitlines() if line.startswith("| PickCube-v0"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "2" and cells[3] == "128,000"
+    assert cells[4] == "0.55 ± 0.05" and cells[5] == "0.80 ± 0.10"
+    assert cells[8] == "30 min"
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and row in text
+    assert (results / "success.png").stat().st_size > 0
+    assert "test machine" in (results / "README.md").read_text()
+
+
+def test_tiny_experiment_end_to_end(demos, tmp_path):
+    """Real scripts as subprocesses: base training, Policy Decorator, evaluation on the same seeds."""
+    data_dir, _ = demos["PickCube-v0"]
+    budget = Budget(
+        num_demos=3,
+        offline_args=["--total-iters", "20", "--batch-size", "16", "--eval-freq", "0", "--save-freq", "0",
+                      "--log-freq", "10", "--num-threads", "1"],
+        online_args=["--num-envs", "2", "--total-timesteps", "256", "--learning-starts", "128", "--batch-size", "32",
+                     "--eval-freq", "0", "--log-freq", "128", "--save-freq", "0", "--num-eval-episodes", "2",
+                     "--num-eval-envs", "2", "--num-threads", "1"],
+        eval_episodes=2)
+    seeds = [100000, 100001]
+    summary = run_experiment("PickCube-v0", "diffusion", 1, budget, tmp_path, data_dir, seeds)
+
+    assert summary["eval_episodes"] == 2 and summary["online_env_steps"] == 256 * 4  # DP executes 4 per decision
+    for key in ("success_base", "success_refined"):
+        assert 0.0 <= summary[key] <= 1.0
+    for key in ("jerk_base", "jerk_refined"):
+        assert np.isfinite(summary[key]) and summary[key] >= 0
+    assert 4 <= summary["len_base"] <= 200 and 4 <= summary["len_refined"] <= 200
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
+    for name in ("base", "refined"):
+        assert list((tmp_path / "videos" / name).glob("*.mp4")), f"no {name} video"
