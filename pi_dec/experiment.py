@@ -140,8 +140,10 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     return results
 
 
-def learning_curve(online_run: Path, base_success: float, png: Path, title: str) -> None:
-    """eval/success over env steps (online), with the base policy's level as a line."""
+def learning_curve(online_run: Path, base_success: float, png: Path, title: str,
+                   refined_success: float | None = None, eval_episodes: int | None = None) -> None:
+    """eval/success over env steps (the online run's own, small evaluations), the base policy's level
+    as a line and, if given, the refined policy's success on the same fixed seeds as the base's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,14 +155,20 @@ def learning_curve(online_run: Path, base_success: float, png: Path, title: str)
     points = events.Scalars("eval/success") if "eval/success" in events.Tags()["scalars"] else []
     horizon = json.loads((online_run / "args.json").read_text()).get("act_horizon_executed", 1)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    n_online = json.loads((online_run / "args.json").read_text()).get("num_eval_episodes")
+    fixed = f" ({eval_episodes} fixed seeds)" if eval_episodes else ""
     if points:
-        ax.plot([p.step * horizon for p in points], [p.value for p in points], marker="o", label="Policy Decorator")
-    ax.axhline(base_success, color="gray", linestyle="--", label="base policy")
+        ax.plot([p.step * horizon for p in points], [p.value for p in points], marker="o", alpha=0.6,
+                label=f"Policy Decorator, during training ({n_online} episodes each)")
+    ax.axhline(base_success, color="gray", linestyle="--", label="base policy" + fixed)
+    if refined_success is not None and points:
+        ax.plot([points[-1].step * horizon], [refined_success], marker="*", markersize=14, linestyle="none",
+                color="C3", label="Policy Decorator, final" + fixed)
     ax.set_xlabel("env steps (online)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
@@ -210,6 +218,6 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         "base_run": str(base_run), "online_run": str(online_run),
     }
     learning_curve(online_run, summary["success_base"], out / "learning_curve.png",
-                   f"{env_id}, {kind} base, seed {seed}")
+                   f"{env_id}, {kind} base, seed {seed}", summary["success_refined"], len(eval_seeds))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
