@@ -238,6 +238,8 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
     target_entropy = -float(res_dim)
+    # NOTE(original): autotuning starts at alpha = 1; on short CPU budgets its entropy bonus outweighs the
+    # -1 per-step reward (README, "Quickstart"), where --no-autotune --sac-alpha 0.01 is used instead.
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.q_lr)
     alpha = log_alpha.exp().detach() if args.autotune else torch.tensor(args.sac_alpha, device=device)
