@@ -153,9 +153,9 @@ def learning_curve(online_run: Path, base_success: float, png: Path, title: str,
     events = EventAccumulator(str(online_run))
     events.Reload()
     points = events.Scalars("eval/success") if "eval/success" in events.Tags()["scalars"] else []
-    horizon = json.loads((online_run / "args.json").read_text()).get("act_horizon_executed", 1)
+    run_args = json.loads((online_run / "args.json").read_text())
+    horizon, n_online = run_args.get("act_horizon_executed", 1), run_args.get("num_eval_episodes")
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    n_online = json.loads((online_run / "args.json").read_text()).get("num_eval_episodes")
     fixed = f" ({eval_episodes} fixed seeds)" if eval_episodes else ""
     if points:
         ax.plot([p.step * horizon for p in points], [p.value for p in points], marker="o", alpha=0.6,
@@ -173,6 +173,12 @@ def learning_curve(online_run: Path, base_success: float, png: Path, title: str,
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
     plt.close(fig)
+
+
+def _in_repo(path: Path) -> str:
+    """A path as the summary stores it: relative to the repository when inside it (no machine paths)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path, data_dir: Path,
@@ -215,7 +221,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_seconds": round(sum(times.values()), 1),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=ROOT).stdout.strip() or "unknown",
-        "base_run": str(base_run), "online_run": str(online_run),
+        "base_run": _in_repo(base_run), "online_run": _in_repo(online_run),
     }
     learning_curve(online_run, summary["success_base"], out / "learning_curve.png",
                    f"{env_id}, {kind} base, seed {seed}", summary["success_refined"], len(eval_seeds))
