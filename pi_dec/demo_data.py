@@ -55,10 +55,13 @@ def load_demos(demo_path: str | Path, control_mode: str | None = None,
 
     recorded = recorded_control_mode(env_info, episodes)
     if control_mode is not None and recorded != control_mode:
+        sibling = h5_path.with_name(f"{h5_path.stem}.state.{control_mode}.h5")  # what pi_dec.demos writes
+        fix = (f"pass --demo-path {sibling} (the same demos in that mode)" if sibling.exists() else
+               f"convert the demos with `python -m mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} "
+               f"-o state -c {control_mode} --save-traj`")
         raise DemoFileError(
             f"{h5_path} was recorded with control mode {recorded!r}, but {control_mode!r} was asked for. "
-            f"Pass --control-mode {recorded}, or convert the demos with `python -m "
-            f"mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} -o state -c {control_mode} --save-traj`.")
+            f"Pass --control-mode {recorded}, or {fix}.")
 
     ids = sorted(int(ep["episode_id"]) for ep in episodes)
     if num_traj is not None:

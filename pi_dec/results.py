@@ -41,8 +41,12 @@ BUDGETS = {
         offline_args=["--context-window", "10", "--n-embedding", "64", "--batch-size", "256", "--lr", "1e-3",
                       "--total-iters", "3000", "--eval-freq", "1000", "--num-eval-episodes", "20",
                       "--num-eval-envs", "4", "--save-freq", "1000", "--log-freq", "100"],
+        # BeT decides every env step: the quickstart's fixed small temperature, fast critic and slow actor,
+        # with the BeT script's own gamma (0.97 per env step, about the horizon of 0.9 per 4-step chunk)
+        # and utd (0.25 per env step, about the quickstart's updates per env step). Not tried yet.
         online_args=["--num-envs", "4", "--total-timesteps", "100000", "--learning-starts", "4000",
-                     "--batch-size", "256", "--res-scale", "0.1", "--prog-explore", "20000", "--eval-freq", "10000",
+                     "--batch-size", "256", "--res-scale", "0.1", "--prog-explore", "20000", "--no-autotune",
+                     "--sac-alpha", "0.01", "--q-lr", "3e-4", "--policy-lr", "1e-5", "--eval-freq", "10000",
                      "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "5000", "--save-freq", "50000"]),
     ("StackCube-v0", "diffusion"): Budget(
         num_demos=200, offline_args=with_flags(QUICKSTART.offline_args, total_iters=6000),

@@ -189,3 +189,5 @@ def test_wrong_control_mode_is_a_clear_error(demos, tmp_path):
     result = run_script("offline/bet_maniskill2.py", "--env-id", "StackCube-v0", "--demo-path",
                         stack_dir / "trajectory.h5", "--output-dir", tmp_path, check=False)  # default mode: pd_ee_delta_pose
     assert result.returncode == 2 and "recorded with control mode 'pd_ee_delta_pos'" in result.stderr
+    # pi_dec.demos wrote the same demos in the other mode next to it: the message points there
+    assert f"--demo-path {stack_dir / 'trajectory.state.pd_ee_delta_pose.h5'}" in result.stderr
