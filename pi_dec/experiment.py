@@ -221,7 +221,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         "jerk_refined": float(np.nanmean(results["refined"]["jerk"])),
         "len_base": float(np.mean(results["base"]["len"])), "len_refined": float(np.mean(results["refined"]["len"])),
         "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_seconds": round(sum(times.values()), 1),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                                  cwd=ROOT).stdout.strip() or "unknown",
         "base_run": _in_repo(base_run), "online_run": _in_repo(online_run),
     }
