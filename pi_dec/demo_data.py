@@ -39,6 +39,11 @@ def recorded_control_mode(env_info: dict, episodes: list) -> str | None:
     return mode or (episodes[0].get("control_mode") if episodes else None)
 
 
+def mode_sibling(h5_path: Path, control_mode: str) -> Path:
+    """Where pi_dec.demos writes the same demos converted to the other control mode."""
+    return h5_path.with_name(f"{h5_path.stem}.state.{control_mode}.h5")
+
+
 def load_demos(demo_path: str | Path, control_mode: str | None = None,
                num_traj: int | None = None) -> list[dict]:
     """The first `num_traj` trajectories (by index) as dicts of float32 arrays:
@@ -55,7 +60,7 @@ def load_demos(demo_path: str | Path, control_mode: str | None = None,
 
     recorded = recorded_control_mode(env_info, episodes)
     if control_mode is not None and recorded != control_mode:
-        sibling = h5_path.with_name(f"{h5_path.stem}.state.{control_mode}.h5")  # what pi_dec.demos writes
+        sibling = mode_sibling(h5_path, control_mode)
         fix = (f"pass --demo-path {sibling} (the same demos in that mode)" if sibling.exists() else
                f"convert the demos with `python -m mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} "
                f"-o state -c {control_mode} --save-traj`")

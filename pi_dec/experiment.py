@@ -193,8 +193,10 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         times["demos"] = stage(f"1/4 demonstrations: {budget.num_demos} for {env_id}", [
             sys.executable, "-m", "pi_dec.demos", "--env-id", env_id, "--num-demos", budget.num_demos,
             "--out", data_dir, "--num-procs", 2])
-    if (data_dir / f"trajectory.state.{control_mode}.h5").exists():  # trajectory.h5 is in the other mode
-        demo = data_dir / f"trajectory.state.{control_mode}.h5"
+    from pi_dec.demo_data import mode_sibling
+
+    if mode_sibling(demo, control_mode).exists():  # trajectory.h5 is in the other mode
+        demo = mode_sibling(demo, control_mode)
     offline_out, online_out = out / "offline", out / "online"
     times["base"] = stage(f"2/4 base policy ({kind}) from the demonstrations", [
         sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo, "--control-mode", control_mode,
