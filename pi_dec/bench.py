@@ -9,6 +9,9 @@
 - offline training iterations/s and peak memory for both base policies (synthetic demonstrations of
   the task's dimensions);
 - base-policy inference latency at batch 1 and batch --num-envs.
+
+The offline and latency figures use CUDA when torch sees a GPU (as the scripts do), the CPU otherwise;
+on CUDA the peak memory also gives the GPU's (torch.cuda.max_memory_allocated).
 """
 
 from __future__ import annotations
@@ -127,8 +130,21 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int)
             "peak_rss_mb": round(peak[0]), "peak_uss_mb": round(peak[1])}
 
 
+def compute_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize()
+
+
 def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
-    """Train on synthetic demos (PegInsertionSide dims) in this process; iterations/s and peak RSS."""
+    """Train on synthetic demos (PegInsertionSide dims) in this process; iterations/s and peak memory."""
     import importlib.util
 
     import torch
@@ -137,6 +153,7 @@ def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
     from pi_dec.demo_data import random_batches
 
     torch.set_num_threads(threads)
+    device = compute_device()
     rng = np.random.default_rng(0)
     trajs = [{"obs": rng.standard_normal((151, 50)).astype(np.float32),
               "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(100)]
@@ -146,33 +163,38 @@ def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     if kind == "diffusion":
-        data = module.WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", "cpu")
-        policy = DiffusionPolicy(50, 7, 2, 4, 16)
+        data = module.WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", device)
+        policy = DiffusionPolicy(50, 7, 2, 4, 16).to(device)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
 
         def loss_of(o, a):
             return policy.compute_loss(o, a)
     else:
-        data = module.WindowDataset(trajs, 20, "cpu")
-        policy = BeTPolicy(50, 7)
+        data = module.WindowDataset(trajs, 20, device)
+        policy = BeTPolicy(50, 7).to(device)
         policy.net.fit_clusters(data.act)
         optimizer = module.make_optimizer(policy, 1e-4, 2e-4)
 
         def loss_of(o, a):
             return policy.compute_loss(o, a)[0]
-    batches = random_batches(len(data), batch_size, "cpu")
+    batches = random_batches(len(data), batch_size, device)
     warmup = 3
     for i in range(iters + warmup):
         if i == warmup:
+            synchronize(device)
             start = time.perf_counter()
         obs_seq, act_seq = data.batch(next(batches))
         loss = loss_of(obs_seq, act_seq)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    synchronize(device)
     its = iters / (time.perf_counter() - start)
-    return {"iters_per_s": its, "samples_per_s": its * batch_size,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = {"device": device, "iters_per_s": its, "samples_per_s": its * batch_size,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
 
 
 def offline(kind: str, batch_size: int, iters: int, threads: int) -> dict:
@@ -190,22 +212,25 @@ def inference_latency(num_envs: int, threads: int, repeats: int = 20) -> dict:
     from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
 
     torch.set_num_threads(threads)
-    dp = DiffusionPolicy(50, 7, 2, 4, 16).eval()
+    device = compute_device()
+    dp = DiffusionPolicy(50, 7, 2, 4, 16).to(device).eval()
     dp.use_ddim(4)
-    bet = BeTPolicy(50, 7).eval()
-    result = {}
+    bet = BeTPolicy(50, 7).to(device).eval()
+    result = {"device": device}
     for name, policy, window in (("diffusion_ddim4", dp, 2), ("diffusion_ddpm100", None, 2), ("bet", bet, 20)):
         for batch in (1, num_envs):
             if policy is None:  # the offline evaluation's sampler
-                p = DiffusionPolicy(50, 7, 2, 4, 16).eval()
+                p = DiffusionPolicy(50, 7, 2, 4, 16).to(device).eval()
                 n = max(2, repeats // 10)
             else:
                 p, n = policy, repeats
-            obs = torch.randn(batch, window, 50)
+            obs = torch.randn(batch, window, 50, device=device)
             p.get_action(obs)
+            synchronize(device)
             start = time.perf_counter()
             for _ in range(n):
                 p.get_action(obs)
+            synchronize(device)
             result[f"{name}_batch{batch}_ms"] = 1000 * (time.perf_counter() - start) / n
     return result
 
@@ -261,10 +286,13 @@ def main() -> None:
               f"time share {f['share']}; peak memory of the process tree {f['peak_rss_mb']} MB RSS "
               f"({f['peak_uss_mb']} MB unique)")
     for name, f in figures.get("offline", {}).items():
+        gpu = f", peak GPU {f['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in f else ""
         print(f"offline {name}: " + (f.get("error") or f"{f['iters_per_s']:.2f} it/s, {f['samples_per_s']:.0f} samples/s, "
-                                     f"peak RSS {f['peak_rss_mb']:.0f} MB"))
-    for name, ms in figures.get("latency_ms", {}).items():
-        print(f"inference {name}: {ms:.1f} ms")
+                                     f"peak RSS {f['peak_rss_mb']:.0f} MB{gpu} ({f['device']})"))
+    latency = dict(figures.get("latency_ms", {}))
+    device = latency.pop("device", "cpu")
+    for name, ms in latency.items():
+        print(f"inference {name} ({device}): {ms:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,9 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
                    eval_seeds: list[int], video: bool = True) -> dict:
     """The whole pipeline; returns (and writes to out/summary.json) a small summary."""
     out.mkdir(parents=True, exist_ok=True)
+    # the code that runs is the code at the start (the tree may change while a long run goes on)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip() or "unknown"
     offline_script, online_script = SCRIPTS[kind]
     times = {}
     control_mode = "pd_ee_delta_pos" if (kind == "bet" and env_id == "StackCube-v0") else "pd_ee_delta_pose"
@@ -223,8 +226,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         "jerk_refined": float(np.nanmean(results["refined"]["jerk"])),
         "len_base": float(np.mean(results["base"]["len"])), "len_refined": float(np.mean(results["refined"]["len"])),
         "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_seconds": round(sum(times.values()), 1),
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                                 cwd=ROOT).stdout.strip() or "unknown",
+        "commit": commit,
         "base_run": _in_repo(base_run), "online_run": _in_repo(online_run),
     }
     learning_curve(online_run, summary["success_base"], out / "learning_curve.png",
