@@ -31,7 +31,6 @@ class PandaPlanner:
         self.vel_limits = np.array([joint_vel_limit] * 6 + [wrist_vel_limit])
         self.acc_limits = np.array([joint_acc_limit] * 6 + [wrist_acc_limit])
         self.planner = self._make_planner(self.vel_limits, self.acc_limits)
-        self.slow_planner = None  # built on first use, for careful motions (insertion)
         self.gripper = OPEN
         self.last = None  # (obs, reward, terminated, truncated, info) of the latest step
         self.steps = 0
@@ -76,35 +75,28 @@ class PandaPlanner:
     def _goal(self, pose: sapien.Pose) -> np.ndarray:
         return np.concatenate([pose.p, pose.q])
 
-    def plan_screw(self, pose: sapien.Pose, slow: bool = False) -> dict:
-        """A straight-line (screw) motion of the TCP to `pose`; two tries, as IK restarts are random.
-
-        `slow` plans with half the joint speed and acceleration limits.
-        """
-        if slow and self.slow_planner is None:
-            self.slow_planner = self._make_planner(self.vel_limits / 2, self.acc_limits / 2)
-        planner = self.slow_planner if slow else self.planner
+    def plan_screw(self, pose: sapien.Pose) -> dict:
+        """A straight-line (screw) motion of the TCP to `pose`; two tries, as IK restarts are random."""
         for _ in range(2):
-            plan = planner.plan_screw(self._goal(pose), self.robot.get_qpos(),
+            plan = self.planner.plan_screw(self._goal(pose), self.robot.get_qpos(),
                                            time_step=self.base_env.control_timestep)
             if plan["status"] == "Success":
                 return plan
         raise PlanningFailed(f"screw motion: {plan['status']}")
 
-    def plan_rrt(self, pose: sapien.Pose, slow: bool = False) -> dict:
-        planner = self.slow_planner if slow and self.slow_planner is not None else self.planner
-        plan = planner.plan_qpos_to_pose(self._goal(pose), self.robot.get_qpos(),
+    def plan_rrt(self, pose: sapien.Pose) -> dict:
+        plan = self.planner.plan_qpos_to_pose(self._goal(pose), self.robot.get_qpos(),
                                               time_step=self.base_env.control_timestep, wrt_world=True)
         if plan["status"] != "Success":
             raise PlanningFailed(f"RRT: {plan['status']}")
         return plan
 
-    def move(self, pose: sapien.Pose, settle_steps: int = 0, slow: bool = False) -> tuple:
+    def move(self, pose: sapien.Pose, settle_steps: int = 0) -> tuple:
         """A screw motion if one is found, RRT otherwise."""
         try:
-            plan = self.plan_screw(pose, slow)
+            plan = self.plan_screw(pose)
         except PlanningFailed:
-            plan = self.plan_rrt(pose, slow)
+            plan = self.plan_rrt(pose)
         return self.follow(plan, settle_steps)
 
 
