@@ -130,12 +130,6 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int)
             "peak_rss_mb": round(peak[0]), "peak_uss_mb": round(peak[1])}
 
 
-def compute_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def synchronize(device: str) -> None:
     import torch
 
@@ -151,9 +145,9 @@ def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
 
     from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
     from pi_dec.demo_data import random_batches
+    from pi_dec.run import setup_torch
 
-    torch.set_num_threads(threads)
-    device = compute_device()
+    device = setup_torch(0, True, threads, deterministic=False).type  # CUDA when present, as the scripts
     rng = np.random.default_rng(0)
     trajs = [{"obs": rng.standard_normal((151, 50)).astype(np.float32),
               "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(100)]
@@ -210,9 +204,9 @@ def inference_latency(num_envs: int, threads: int, repeats: int = 20) -> dict:
     import torch
 
     from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
+    from pi_dec.run import setup_torch
 
-    torch.set_num_threads(threads)
-    device = compute_device()
+    device = setup_torch(0, True, threads, deterministic=False).type
     dp = DiffusionPolicy(50, 7, 2, 4, 16).to(device).eval()
     dp.use_ddim(4)
     bet = BeTPolicy(50, 7).to(device).eval()

@@ -28,9 +28,8 @@ class PandaPlanner:
         self.robot = agent.robot
         # The last joint only turns the hand; letting it turn faster (Panda's own limit is 2.61 rad/s)
         # saves many steps when a grasp needs the hand rotated by up to half a turn.
-        self.vel_limits = np.array([joint_vel_limit] * 6 + [wrist_vel_limit])
-        self.acc_limits = np.array([joint_acc_limit] * 6 + [wrist_acc_limit])
-        self.planner = self._make_planner(self.vel_limits, self.acc_limits)
+        self.planner = self._make_planner(np.array([joint_vel_limit] * 6 + [wrist_vel_limit]),
+                                          np.array([joint_acc_limit] * 6 + [wrist_acc_limit]))
         self.gripper = OPEN
         self.last = None  # (obs, reward, terminated, truncated, info) of the latest step
         self.steps = 0

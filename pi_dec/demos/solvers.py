@@ -160,8 +160,8 @@ SOLVERS = {
 }
 # Faster arm joints (the planner's defaults: 1.2 rad/s, 1.5 rad/s^2) where the 200-step limit is tight:
 # PegInsertionSide demos planned 143 -> 129 steps on average (30 seeds), converted ones are ~20% longer.
-ARM_LIMITS = {"PegInsertionSide-v2": {"joint_vel_limit": 1.6, "joint_acc_limit": 2.0},
-              "PegInsertionSide-v0": {"joint_vel_limit": 1.6, "joint_acc_limit": 2.0}}
+FAST_ARM = {"joint_vel_limit": 1.6, "joint_acc_limit": 2.0}
+ARM_LIMITS = {"PegInsertionSide-v2": FAST_ARM, "PegInsertionSide-v0": FAST_ARM}
 
 
 def solve(env, env_id: str, hold_steps: int = 5) -> dict:
