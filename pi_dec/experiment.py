@@ -48,6 +48,21 @@ def newest_run(output_dir: Path) -> Path:
     return max(output_dir.glob("*/*/*"), key=lambda p: p.stat().st_mtime)
 
 
+BASE_DONE = "base_done.json"
+
+
+def finished_base(out: Path, cmd: list) -> tuple[Path, float] | None:
+    """(run folder, seconds) of a base policy that an earlier run in `out` finished with exactly `cmd`."""
+    marker = out / BASE_DONE
+    if not marker.exists():
+        return None
+    done = json.loads(marker.read_text())
+    run = ROOT / done["base_run"]
+    if done["command"] != [str(c) for c in cmd] or not (run / "checkpoints" / "best.pt").exists():
+        return None
+    return run, done["seconds"]
+
+
 def mean_squared_jerk(actions: np.ndarray) -> float:
     """Mean of (a[t+1] - 2 a[t] + a[t-1])^2 over steps and arm dims (gripper excluded).
 
@@ -197,14 +212,23 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
             sys.executable, "-m", "pi_dec.demos", "--env-id", env_id, "--num-demos", budget.num_demos,
             "--out", data_dir, "--num-procs", 2])
     from pi_dec.demo_data import mode_sibling
+    from pi_dec.run import atomic_write_text
 
     if mode_sibling(demo, control_mode).exists():  # trajectory.h5 is in the other mode
         demo = mode_sibling(demo, control_mode)
     offline_out, online_out = out / "offline", out / "online"
-    times["base"] = stage(f"2/4 base policy ({kind}) from the demonstrations", [
-        sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo, "--control-mode", control_mode,
-        "--seed", seed, "--output-dir", offline_out, "--exp-name", "base", *budget.offline_args])
-    base_run = newest_run(offline_out)
+    base_cmd = [sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo, "--control-mode",
+                control_mode, "--seed", seed, "--output-dir", offline_out, "--exp-name", "base", *budget.offline_args]
+    reused = finished_base(out, base_cmd)
+    if reused:  # an earlier run of this experiment trained this base with this command: a rerun starts online
+        base_run, times["base"] = reused
+        print(f"\n=== 2/4 base policy: reusing {_in_repo(base_run)} (same command, finished earlier; "
+              f"delete {_in_repo(out / BASE_DONE)} to retrain)", flush=True)
+    else:
+        times["base"] = stage(f"2/4 base policy ({kind}) from the demonstrations", base_cmd)
+        base_run = newest_run(offline_out)
+        atomic_write_text(out / BASE_DONE, json.dumps({"command": [str(c) for c in base_cmd],
+                                                       "base_run": _in_repo(base_run), "seconds": times["base"]}))
     base_ckpt = base_run / "checkpoints" / "best.pt"
     times["online"] = stage("3/4 Policy Decorator online", [
         sys.executable, online_script, "--env-id", env_id, "--base-policy-ckpt", base_ckpt, "--seed", seed,
@@ -226,7 +250,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         "jerk_refined": float(np.nanmean(results["refined"]["jerk"])),
         "len_base": float(np.mean(results["base"]["len"])), "len_refined": float(np.mean(results["refined"]["len"])),
         "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_seconds": round(sum(times.values()), 1),
-        "commit": commit,
+        "commit": commit, "base_reused": bool(reused),
         "base_run": _in_repo(base_run), "online_run": _in_repo(online_run),
     }
     learning_curve(online_run, summary["success_base"], out / "learning_curve.png",

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pi_dec.experiment import Budget, mean_squared_jerk, run_experiment
-from pi_dec.results import report, with_flags
+from pi_dec.quickstart import QUICKSTART
+from pi_dec.results import BUDGETS, report, with_flags
 
 
 def test_jerk_is_zero_for_constant_velocity_and_ignores_the_gripper():
@@ -32,10 +33,11 @@ def test_with_flags_replaces_values_without_touching_the_original():
     assert args[1] == "10"
 
 
-def _summary(seed, base, refined, jerk_base, jerk_refined):
+def _summary(seed, base, refined, jerk_base, jerk_refined, budget=QUICKSTART):
     return {"task": "PickCube-v0", "base": "diffusion", "seed": seed, "online_env_steps": 128000,
             "success_base": base, "success_refined": refined, "jerk_base": jerk_base, "jerk_refined": jerk_refined,
-            "wall_seconds": 1800.0, "machine": "test machine"}
+            "wall_seconds": 1800.0, "machine": "test machine", "num_demos": budget.num_demos,
+            "offline_args": budget.offline_args, "online_args": budget.online_args}
 
 
 def test_report_aggregates_whatever_summaries_exist(tmp_path):
@@ -62,6 +64,23 @@ def test_report_aggregates_whatever_summaries_exist(tmp_path):
     assert "test machine" in (results / "README.md").read_text()
 
 
+def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    assert BUDGETS[("PickCube-v0", "diffusion")] is QUICKSTART
+    older = Budget(QUICKSTART.num_demos, QUICKSTART.offline_args, with_flags(QUICKSTART.online_args, q_lr=1e-3))
+    runs = {"1": _summary(1, 0.5, 0.7, 2e-3, 1e-3), "2": _summary(2, 0.6, 0.1, 2e-3, 1e-3, budget=older)}
+    for seed, summary in runs.items():
+        (results / "runs" / f"PickCube-v0_diffusion_{seed}.json").write_text(json.dumps(summary))
+    table = report(results, readme)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    assert sorted((r[1], r[2], r[5]) for r in rows) == [("diffusion", "1", "0.70"),
+                                                        ("diffusion (earlier settings)", "1", "0.10")]
+    assert "online `--q-lr 0.001` (now 3e-4)" in (results / "README.md").read_text()
+
+
 def test_tiny_experiment_end_to_end(demos, tmp_path):
     """Real scripts as subprocesses: base training, Policy Decorator, evaluation on the same seeds."""
     data_dir, _ = demos["PickCube-v0"]
@@ -86,3 +105,13 @@ def test_tiny_experiment_end_to_end(demos, tmp_path):
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
     for name in ("base", "refined"):
         assert list((tmp_path / "videos" / name).glob("*.mp4")), f"no {name} video"
+    assert not summary["base_reused"]
+
+    # a rerun (say after a session ended during the online stage) reuses the finished base policy
+    again = run_experiment("PickCube-v0", "diffusion", 1, budget, tmp_path, data_dir, seeds, video=False)
+    assert again["base_reused"] and again["base_run"] == summary["base_run"]
+    assert len(list((tmp_path / "offline").glob("*/*/*"))) == 1 and again["online_run"] != summary["online_run"]
+    assert again["success_base"] == summary["success_base"]  # same base checkpoint, same seeds
+    # a different base budget trains a new one
+    other = Budget(3, with_flags(budget.offline_args, total_iters=10), budget.online_args, eval_episodes=2)
+    assert not run_experiment("PickCube-v0", "diffusion", 1, other, tmp_path, data_dir, seeds, video=False)["base_reused"]
