@@ -71,6 +71,19 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def keep_earlier_budget(path: Path, curve: Path, summary: dict) -> None:
+    """A seed rerun with another budget must not erase the earlier result: it moves to <name>@<commit>."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if _budget_key(old) == _budget_key(summary):
+        return  # the same experiment again: the newer run replaces it
+    tag = f"@{old.get('commit', 'earlier')}"
+    path.rename(path.with_name(path.stem + tag + ".json"))
+    if curve.exists():
+        curve.rename(curve.with_name(curve.stem + tag + ".png"))
+
+
 def run(task: str, base: str, seed: int) -> Path:
     budget = BUDGETS[(task, base)]
     out = ROOT / "output" / "results" / f"{task}_{base}_{seed}"
@@ -79,10 +92,11 @@ def run(task: str, base: str, seed: int) -> Path:
     summary["machine"] = machine()
     name = f"{task}_{base}_{seed}"
     path = RESULTS / "runs" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2))
     curve = RESULTS / "curves" / f"{name}.png"  # small; kept in git next to the summary
+    path.parent.mkdir(parents=True, exist_ok=True)
     curve.parent.mkdir(parents=True, exist_ok=True)
+    keep_earlier_budget(path, curve, summary)
+    path.write_text(json.dumps(summary, indent=2))
     shutil.copyfile(out / "learning_curve.png", curve)
     print(f"wrote {path}")
     return path

@@ -8,7 +8,7 @@ import pytest
 
 from pi_dec.experiment import Budget, mean_squared_jerk, run_experiment
 from pi_dec.quickstart import QUICKSTART
-from pi_dec.results import BUDGETS, report, with_flags
+from pi_dec.results import BUDGETS, keep_earlier_budget, report, with_flags
 
 
 def test_jerk_is_zero_for_constant_velocity_and_ignores_the_gripper():
@@ -79,6 +79,21 @@ def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_pa
     assert sorted((r[1], r[2], r[5]) for r in rows) == [("diffusion", "1", "0.70"),
                                                         ("diffusion (earlier settings)", "1", "0.10")]
     assert "online `--q-lr 0.001` (now 3e-4)" in (results / "README.md").read_text()
+
+
+def test_a_rerun_with_another_budget_keeps_the_earlier_summary(tmp_path):
+    path, curve = tmp_path / "T_diffusion_1.json", tmp_path / "T_diffusion_1.png"
+    earlier = _summary(1, 0.5, 0.2, 2e-3, 1e-3) | {"commit": "abc1234"}
+    path.write_text(json.dumps(earlier))
+    curve.write_bytes(b"png")
+    same = _summary(1, 0.5, 0.3, 2e-3, 1e-3)
+    keep_earlier_budget(path, curve, same)  # same budget: the new run may replace it
+    assert path.exists() and not list(tmp_path.glob("*@*"))
+    changed = _summary(1, 0.5, 0.7, 2e-3, 1e-3, budget=Budget(7, QUICKSTART.offline_args, QUICKSTART.online_args))
+    keep_earlier_budget(path, curve, changed)
+    assert not path.exists() and not curve.exists()
+    assert json.loads((tmp_path / "T_diffusion_1@abc1234.json").read_text()) == earlier
+    assert (tmp_path / "T_diffusion_1@abc1234.png").read_bytes() == b"png"
 
 
 def test_tiny_experiment_end_to_end(demos, tmp_path):
