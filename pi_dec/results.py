@@ -117,7 +117,7 @@ def _changes(run: dict, now: Budget) -> str:
     out = [f"{run['num_demos']} demos (now {now.num_demos})"] if run["num_demos"] != now.num_demos else []
     for stage in ("offline_args", "online_args"):
         old, new = flags(run[stage]), flags(getattr(now, stage))
-        out += [f"{stage.split('_')[0]} `{k} {old.get(k, '(unset)')}` (now {new.get(k, 'unset')})"
+        out += [f"{stage.split('_')[0]} " + (f"`{k} {old[k]}`" if k in old else f"no `{k}`") + f" (now {new.get(k, 'unset')})"
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return ", ".join(out) or "same flags"
 
@@ -129,13 +129,16 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
     groups: dict[tuple, list] = {}  # runs of one (task, base) with different budgets are separate rows
     for r in runs:
         groups.setdefault((r["task"], r["base"], _budget_key(r)), []).append(r)
-    earlier = []  # rows whose budget is no longer the one in BUDGETS, with what changed since
+    earlier = []  # notes on rows whose budget is no longer the one in BUDGETS: what changed since
+    labelled = {}  # (task, base label) -> runs, for the row labels and the plot
     for task, base, key in sorted(groups):
-        current = BUDGETS.get((task, base))
+        rs, current = groups[(task, base, key)], BUDGETS.get((task, base))
+        label = base
         if current is None or _budget_key(current) != key:
-            rs = groups[(task, base, key)]
-            change = _changes(rs[0], current) if current else "budget removed"
-            earlier.append(f"{task} / {base} (earlier settings): {change}.")
+            n = sum(t == task and l.startswith(f"{base} (earlier") for t, l in labelled)  # several: number them
+            label = f"{base} (earlier settings{f' {n + 1}' if n else ''})"
+            earlier.append(f"{task} / {label}: {_changes(rs[0], current) if current else 'budget removed'}.")
+        labelled[(task, label)] = rs
 
     def stat(values, fmt="{:.2f}"):
         values = np.asarray(values, dtype=float)
@@ -143,10 +146,7 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
 
     lines = ["| task | base | seeds | online env steps | base success | Policy Decorator success | "
              "jerk base | jerk refined | wall time / run |", "|---|---|---|---|---|---|---|---|---|"]
-    labelled = {}  # (task, base label) -> runs, for the plot
-    for (task, base, key), rs in sorted(groups.items()):
-        label = base if (task, base) in BUDGETS and _budget_key(BUDGETS[(task, base)]) == key else f"{base} (earlier settings)"
-        labelled[(task, label)] = rs
+    for (task, label), rs in labelled.items():
         lines.append(f"| {task} | {label} | {len(rs)} | {rs[0]['online_env_steps']:,} | "
                      f"{stat([r['success_base'] for r in rs])} | {stat([r['success_refined'] for r in rs])} | "
                      f"{stat([r['jerk_base'] for r in rs], '{:.1e}')} | {stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
