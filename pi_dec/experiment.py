@@ -51,14 +51,14 @@ def newest_run(output_dir: Path) -> Path:
 BASE_DONE = "base_done.json"
 
 
-def finished_base(out: Path, cmd: list) -> tuple[Path, float] | None:
+def finished_base(out: Path, cmd: list[str]) -> tuple[Path, float] | None:
     """(run folder, seconds) of a base policy that an earlier run in `out` finished with exactly `cmd`."""
     marker = out / BASE_DONE
     if not marker.exists():
         return None
     done = json.loads(marker.read_text())
     run = ROOT / done["base_run"]
-    if done["command"] != [str(c) for c in cmd] or not (run / "checkpoints" / "best.pt").exists():
+    if done["command"] != cmd or not (run / "checkpoints" / "best.pt").exists():
         return None
     return run, done["seconds"]
 
@@ -217,8 +217,9 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     if mode_sibling(demo, control_mode).exists():  # trajectory.h5 is in the other mode
         demo = mode_sibling(demo, control_mode)
     offline_out, online_out = out / "offline", out / "online"
-    base_cmd = [sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo, "--control-mode",
-                control_mode, "--seed", seed, "--output-dir", offline_out, "--exp-name", "base", *budget.offline_args]
+    base_cmd = [str(c) for c in (sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo,
+                                 "--control-mode", control_mode, "--seed", seed, "--output-dir", offline_out,
+                                 "--exp-name", "base", *budget.offline_args)]
     reused = finished_base(out, base_cmd)
     if reused:  # an earlier run of this experiment trained this base with this command: a rerun starts online
         base_run, times["base"] = reused
@@ -227,7 +228,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     else:
         times["base"] = stage(f"2/4 base policy ({kind}) from the demonstrations", base_cmd)
         base_run = newest_run(offline_out)
-        atomic_write_text(out / BASE_DONE, json.dumps({"command": [str(c) for c in base_cmd],
+        atomic_write_text(out / BASE_DONE, json.dumps({"command": base_cmd,
                                                        "base_run": _in_repo(base_run), "seconds": times["base"]}))
     base_ckpt = base_run / "checkpoints" / "best.pt"
     times["online"] = stage("3/4 Policy Decorator online", [

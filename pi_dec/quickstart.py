@@ -90,7 +90,8 @@ def main() -> None:
     for name, base, refined in rows:
         print(f"  {name:<22}{base:>14}{refined:>18}")
     print(f"  online env steps: {s['online_env_steps']:,}; wall time {time.time() - start:.0f} s "
-          f"(demos {s['seconds'].get('demos', 0):.0f}, base {s['seconds']['base']:.0f}, "
+          f"(demos {s['seconds'].get('demos', 0):.0f}, base {s['seconds']['base']:.0f}"
+          f"{' in an earlier run, reused' if s['base_reused'] else ''}, "
           f"online {s['seconds']['online']:.0f}, eval {s['seconds']['eval']:.0f})")
     print(f"  learning curve: {out / 'learning_curve.png'}; videos: {out / 'videos'}; summary: {out / 'summary.json'}")
 

@@ -11,6 +11,7 @@ Budgets per task are below (CPU-sized: the paper's budgets are GPU budgets).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import re
@@ -104,8 +105,8 @@ def run(task: str, base: str, seed: int) -> Path:
 
 def _budget_key(b) -> tuple:
     """What makes two runs comparable: demos, offline and online flags (a Budget or a run's summary)."""
-    get = (lambda k: b[k]) if isinstance(b, dict) else (lambda k: getattr(b, k))
-    return get("num_demos"), tuple(map(str, get("offline_args"))), tuple(map(str, get("online_args")))
+    b = b if isinstance(b, dict) else dataclasses.asdict(b)
+    return b["num_demos"], tuple(map(str, b["offline_args"])), tuple(map(str, b["online_args"]))
 
 
 def _changes(run: dict, now: Budget) -> str:
