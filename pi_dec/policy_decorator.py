@@ -15,6 +15,7 @@ One "decision" executes a chunk of `act_horizon` actions (Diffusion Policy: 4; B
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 from collections import defaultdict
@@ -84,6 +85,8 @@ class OnlineArgs(RunArgs):
     """residual actor input: latest observation, or that plus the base action"""
     log_std_min: float = -20.0
     """lower bound of the actor's log std"""
+    update_threads: int | None = None
+    """torch CPU threads during SAC updates (default: all cores; the env workers wait then)"""
 
     eval_freq: int = 50_000
     """evaluate every N steps"""
@@ -195,6 +198,8 @@ def validate(args: OnlineArgs) -> None:
     n_eval = min(args.num_eval_envs, args.num_eval_episodes)
     if args.num_eval_episodes % n_eval:
         raise UsageError("--num-eval-episodes must be a multiple of --num-eval-envs.")
+    if args.update_threads is not None and args.update_threads < 1:
+        raise UsageError(f"--update-threads must be at least 1 (got {args.update_threads}); leave it out for all cores.")
 
 
 def crossed(step: int, span: int, every: int | None) -> bool:
@@ -307,6 +312,9 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
     base_seq = base_act(obs_t)  # (N, act_horizon, act_dim)
     updates_per_round = int(args.training_freq * args.utd)
+    # Collection and updates take turns: while the MLPs train, the env workers sit idle, so the updates
+    # may use every core; collection keeps --num-threads (the workers need the other cores then).
+    collect_threads, update_threads = torch.get_num_threads(), args.update_threads or os.cpu_count() or 1
     train_stats = defaultdict(list)  # episodes that ended in collection (NOTE(fix): never mixed with eval)
     timer = StepTimer()
     start_step, start_time = global_step, time.time()
@@ -364,6 +372,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
         # ---- SAC updates -------------------------------------------------------------------------- #
         if len(rb) >= args.learning_starts:
             learning_started = True
+            torch.set_num_threads(update_threads)
             for _ in range(updates_per_round):
                 updates += 1
                 b_obs, b_next_obs, b_act, b_rew, b_stop = rb.sample(args.batch_size)
@@ -411,6 +420,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
                         for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
                             for p, tp in zip(net.parameters(), target.parameters()):
                                 tp.mul_(1 - args.tau).add_(args.tau * p)
+            torch.set_num_threads(collect_threads)
             timer.lap("update")
 
         # ---- logging, evaluation, checkpoints ------------------------------------------------------ #

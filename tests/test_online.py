@@ -108,6 +108,8 @@ def test_validation_errors():
         validate(OnlineArgs(num_envs=16, training_freq=40))
     with pytest.raises(ValueError, match="whole number of updates"):
         validate(OnlineArgs(num_envs=2, training_freq=2, utd=0.25))
+    with pytest.raises(ValueError, match="--update-threads must be at least 1"):
+        validate(OnlineArgs(update_threads=0))
 
 
 def write_run(tmp_path, state, args):
