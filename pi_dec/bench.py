@@ -5,7 +5,8 @@
 
 - raw vector-env throughput (env steps/s) at --num-envs;
 - the online Policy Decorator loop (Diffusion Policy and BeT base, random weights: speed does not
-  depend on them): steps/s and where the time goes, and the peak memory of its process tree;
+  depend on them): steps/s, where the time goes, ms per SAC update (--update-threads), and the peak
+  memory of its process tree;
 - offline training iterations/s and peak memory for both base policies (synthetic demonstrations of
   the task's dimensions);
 - base-policy inference latency at batch 1 and batch --num-envs.
@@ -85,7 +86,7 @@ def tree_memory_mb(pid: int) -> tuple[float, float]:
     return rss / 2**20, uss / 2**20
 
 
-def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int) -> dict:
+def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int, update_threads: int | None) -> dict:
     """Run the online script on a random base for `total` steps; read its time/ tags; watch memory."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -100,6 +101,8 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int)
            "--num-envs", str(num_envs), "--training-freq", str(max(64, num_envs)), "--total-timesteps", str(total),
            "--learning-starts", str(learning_starts), "--log-freq", str(total), "--eval-freq", str(10 * total),
            "--save-freq", "0", "--output-dir", str(tmp / "out"), "--num-threads", str(threads)]
+    if update_threads:
+        cmd += ["--update-threads", str(update_threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     peak = [0.0, 0.0]
 
@@ -127,6 +130,7 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int)
     return {"decisions_per_s": tags["time/SPS"] / num_envs, "steps_per_s": tags["time/SPS"],
             "env_steps_per_s": tags["time/env_SPS"],
             "share": {k: round(v / busy, 3) for k, v in sorted(split.items())},
+            "ms_per_update": 1000 * split.get("update", 0.0) / max(tags.get("time/updates", 0.0), 1.0),
             "peak_rss_mb": round(peak[0]), "peak_uss_mb": round(peak[1])}
 
 
@@ -237,6 +241,8 @@ def main() -> None:
     parser.add_argument("--online-steps", type=int, default=2048, help="steps (decisions x envs) per online run")
     parser.add_argument("--offline-iters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: half the cores)")
+    parser.add_argument("--update-threads", type=int, default=None,
+                        help="torch threads of the online runs' SAC updates (default: theirs, all cores)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["env", "online", "offline", "latency"])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--_offline", nargs=4, help=argparse.SUPPRESS)
@@ -253,12 +259,14 @@ def main() -> None:
 
     figures = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                           "torch_threads": threads, "env_id": args.env_id, "num_envs": args.num_envs}}
+                           "torch_threads": threads, "update_threads": args.update_threads or os.cpu_count(),
+                           "env_id": args.env_id, "num_envs": args.num_envs}}
     if "env" not in args.skip:
         figures["raw_env_steps_per_s"] = {f"{n}_envs": env_throughput(args.env_id, n, args.env_steps)
                                           for n in sorted({1, args.num_envs})}
     if "online" not in args.skip:
-        figures["online"] = {k: online_loop(k, args.env_id, args.num_envs, args.online_steps, threads)
+        figures["online"] = {k: online_loop(k, args.env_id, args.num_envs, args.online_steps, threads,
+                                            args.update_threads)
                              for k in ("diffusion", "bet")}
     if "offline" not in args.skip:
         figures["offline"] = {f"{k}_batch{bs}": offline(k, bs, args.offline_iters, threads)
@@ -277,7 +285,8 @@ def main() -> None:
             print(f"online {kind}: {f['error']}")
             continue
         print(f"online {kind}: {f['env_steps_per_s']:.0f} env steps/s ({f['decisions_per_s']:.1f} decisions/s); "
-              f"time share {f['share']}; peak memory of the process tree {f['peak_rss_mb']} MB RSS "
+              f"time share {f['share']}; {f['ms_per_update']:.1f} ms per SAC update; "
+              f"peak memory of the process tree {f['peak_rss_mb']} MB RSS "
               f"({f['peak_uss_mb']} MB unique)")
     for name, f in figures.get("offline", {}).items():
         gpu = f", peak GPU {f['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in f else ""

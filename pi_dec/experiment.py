@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {
@@ -76,7 +77,7 @@ def mean_squared_jerk(actions: np.ndarray) -> float:
 
 
 def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, seeds: list[int],
-                      num_envs: int = 4, video_dir: str | None = None) -> dict:
+                      num_envs: int = 4, video_dir: str | None = None, desc: str = "evaluation") -> dict:
     """Run one episode per seed with `act(obs) -> (N, H, A)` chunks; success, length and jerk per episode.
 
     Each env starts an episode from a listed seed and is only counted for that episode, so two policies
@@ -87,6 +88,7 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     envs = make_vec_env(env_id, num_envs, seed=0, control_mode=control_mode, obs_horizon=obs_horizon,
                         asynchronous=num_envs > 1, video_dir=video_dir)
     out = {"seed": [], "success": [], "len": [], "jerk": []}
+    progress = tqdm(total=len(seeds), desc=desc, unit="episode", dynamic_ncols=True)
     for first in range(0, len(seeds), num_envs):
         batch = seeds[first:first + num_envs]
         batch = batch + [batch[-1]] * (num_envs - len(batch))  # pad the last round
@@ -108,6 +110,9 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
             out["success"].append(float(final[i]["success"]))
             out["len"].append(length)
             out["jerk"].append(mean_squared_jerk(np.array(executed[i][:length])))
+        progress.update(len(seeds[first:first + num_envs]))
+        progress.set_postfix(success=f"{np.mean(out['success']):.2f}")
+    progress.close()
     envs.close()
     return out
 
@@ -150,8 +155,14 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     results = {}
     for name, with_res in (("base", False), ("refined", True)):
         torch.manual_seed(0)
-        video = str(video_root / name) if video_root else None
-        results[name] = evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds, video_dir=video)
+        results[name] = evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds,
+                                          desc=f"{name} policy")
+    # One before/after video on the first seed, in its own pass: recording renders every frame on the CPU
+    # (lavapipe), and inside the 100-episode pass the recording env held the other envs back (~4x the time).
+    for name, with_res in (("base", False), ("refined", True)) if video_root else ():
+        torch.manual_seed(0)
+        evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds[:1], num_envs=1,
+                          video_dir=str(video_root / name), desc=f"{name} video")
     return results
 
 

@@ -428,7 +428,8 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
             elapsed = time.time() - start_time
             scalars = {f"train/{k}": np.mean(v) for k, v in train_stats.items()}
             train_stats = defaultdict(list)
-            scalars |= {"time/decisions": decisions, "time/env_steps": decisions * args.num_envs * act_horizon,
+            scalars |= {"time/decisions": decisions, "time/updates": updates,
+                        "time/env_steps": decisions * args.num_envs * act_horizon,
                         "time/SPS": (global_step - start_step) / elapsed,
                         "time/env_SPS": (global_step - start_step) * act_horizon / elapsed,
                         "time/wall_seconds": time.time() - run.start_time, **timer.scalars("time/seconds_"),
