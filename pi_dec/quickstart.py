@@ -1,4 +1,4 @@
-"""`make quickstart`: Policy Decorator end to end on one task, sized for a 2-core CPU (~40 minutes).
+"""`make quickstart`: Policy Decorator end to end on one task, sized for a 2-core CPU (~35 minutes).
 
 0. render one frame of the task to assets/quickstart_frame.png (proves the renderer works),
 1. generate demonstrations for PickCube-v0 by motion planning (data/PickCube),
