@@ -90,9 +90,8 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     out = {"seed": [], "success": [], "len": [], "jerk": []}
     progress = tqdm(total=len(seeds), desc=desc, unit="episode", dynamic_ncols=True)
     for first in range(0, len(seeds), num_envs):
-        batch = seeds[first:first + num_envs]
-        batch = batch + [batch[-1]] * (num_envs - len(batch))  # pad the last round
-        obs, _ = envs.reset(seed=batch)
+        round_seeds = seeds[first:first + num_envs]
+        obs, _ = envs.reset(seed=round_seeds + [round_seeds[-1]] * (num_envs - len(round_seeds)))  # pad the last round
         running = np.ones(num_envs, bool)
         executed = [[] for _ in range(num_envs)]
         final = [None] * num_envs
@@ -104,13 +103,13 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
                 if terminated[i] or truncated[i]:
                     running[i] = False
                     final[i] = infos["final_info"][i]
-        for i, seed in enumerate(seeds[first:first + num_envs]):
+        for i, seed in enumerate(round_seeds):
             length = int(np.ravel(final[i]["episode"]["l"])[0])
             out["seed"].append(seed)
             out["success"].append(float(final[i]["success"]))
             out["len"].append(length)
             out["jerk"].append(mean_squared_jerk(np.array(executed[i][:length])))
-        progress.update(len(seeds[first:first + num_envs]))
+        progress.update(len(round_seeds))
         progress.set_postfix(success=f"{np.mean(out['success']):.2f}")
     progress.close()
     envs.close()
@@ -159,10 +158,11 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
                                           desc=f"{name} policy")
     # One before/after video on the first seed, in its own pass: recording renders every frame on the CPU
     # (lavapipe), and inside the 100-episode pass the recording env held the other envs back (~4x the time).
-    for name, with_res in (("base", False), ("refined", True)) if video_root else ():
-        torch.manual_seed(0)
-        evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds[:1], num_envs=1,
-                          video_dir=str(video_root / name), desc=f"{name} video")
+    if video_root:
+        for name, with_res in (("base", False), ("refined", True)):
+            torch.manual_seed(0)
+            evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds[:1], num_envs=1,
+                              video_dir=str(video_root / name), desc=f"{name} video")
     return results
 
 
