@@ -120,7 +120,7 @@ def make_optimizer(policy: BeTPolicy, lr: float, weight_decay: float) -> torch.o
         for name, p in module.named_parameters(recurse=False):
             (decay if name == "weight" and isinstance(module, torch.nn.Linear) else no_decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999))
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), fused=True)
     optimizer.add_param_group({"params": list(policy.net._map_to_cbet_preds.parameters())})
     return optimizer
 

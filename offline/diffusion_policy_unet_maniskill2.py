@@ -144,10 +144,12 @@ def main(args: Args) -> Run:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-6)
+    # fused: one kernel for all parameters instead of ~10 small ops per tensor (same update; ~5 ms of
+    # ~65 ms per iteration on a 2-core CPU).
+    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-6, fused=True)
     # Cosine decay with 500 warm-up steps, stepped every batch.
     lr_schedule = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=args.total_iters)
-    ema = EMAModel(parameters=agent.parameters(), power=0.75)
+    ema = EMAModel(parameters=agent.parameters(), power=0.75, foreach=True)
 
     def checkpoint():
         ema.copy_to(ema_agent.parameters())

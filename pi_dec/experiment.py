@@ -78,39 +78,42 @@ def mean_squared_jerk(actions: np.ndarray) -> float:
 
 def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, seeds: list[int],
                       num_envs: int = 4, video_dir: str | None = None, desc: str = "evaluation") -> dict:
-    """Run one episode per seed with `act(obs) -> (N, H, A)` chunks; success, length and jerk per episode.
+    """Run one episode per seed with `act(obs) -> (N, H, A)` chunks; success, length and jerk per episode,
+    listed in the order of `seeds`.
 
-    Each env starts an episode from a listed seed and is only counted for that episode, so two policies
-    evaluated with the same seeds face the same initial states.
+    Env i plays seeds i, i + num_envs, ... back to back (its automatic resets take the next seed), so two
+    policies evaluated with the same seeds face the same initial states, and no env idles until the
+    slowest episode of a batch ends (with rounds of num_envs seeds, a third of the env steps were spent
+    waiting for a failing episode's time limit).
     """
     from pi_dec.make_env import make_vec_env
 
+    num_envs = min(num_envs, len(seeds))
+    queues = [list(range(i, len(seeds), num_envs)) for i in range(num_envs)]  # indices into seeds
     envs = make_vec_env(env_id, num_envs, seed=0, control_mode=control_mode, obs_horizon=obs_horizon,
-                        asynchronous=num_envs > 1, video_dir=video_dir)
-    out = {"seed": [], "success": [], "len": [], "jerk": []}
+                        asynchronous=num_envs > 1, video_dir=video_dir,
+                        reset_seeds=[[seeds[k] for k in queue] for queue in queues])
+    out = {"seed": list(seeds), "success": [0.0] * len(seeds), "len": [0] * len(seeds), "jerk": [0.0] * len(seeds)}
+    episodes_done = [0] * num_envs
+    executed = [[] for _ in range(num_envs)]  # this episode's actions, per env
     progress = tqdm(total=len(seeds), desc=desc, unit="episode", dynamic_ncols=True)
-    for first in range(0, len(seeds), num_envs):
-        round_seeds = seeds[first:first + num_envs]
-        obs, _ = envs.reset(seed=round_seeds + [round_seeds[-1]] * (num_envs - len(round_seeds)))  # pad the last round
-        running = np.ones(num_envs, bool)
-        executed = [[] for _ in range(num_envs)]
-        final = [None] * num_envs
-        while running.any():
-            chunk = act(obs)  # (N, H, A)
-            obs, _, terminated, truncated, infos = envs.step(chunk)
-            for i in np.flatnonzero(running):
-                executed[i].extend(chunk[i])
-                if terminated[i] or truncated[i]:
-                    running[i] = False
-                    final[i] = infos["final_info"][i]
-        for i, seed in enumerate(round_seeds):
-            length = int(np.ravel(final[i]["episode"]["l"])[0])
-            out["seed"].append(seed)
-            out["success"].append(float(final[i]["success"]))
-            out["len"].append(length)
-            out["jerk"].append(mean_squared_jerk(np.array(executed[i][:length])))
-        progress.update(len(round_seeds))
-        progress.set_postfix(success=f"{np.mean(out['success']):.2f}")
+    obs, _ = envs.reset()
+    while sum(episodes_done) < len(seeds):
+        chunk = act(obs)
+        obs, _, terminated, truncated, infos = envs.step(chunk)
+        for i in range(num_envs):
+            if episodes_done[i] == len(queues[i]):
+                continue  # its seeds are done; it plays unseeded episodes nobody counts
+            executed[i].extend(chunk[i])
+            if terminated[i] or truncated[i]:
+                final, k = infos["final_info"][i], queues[i][episodes_done[i]]
+                length = int(np.ravel(final["episode"]["l"])[0])
+                out["success"][k] = float(final["success"])
+                out["len"][k] = length
+                out["jerk"][k] = mean_squared_jerk(np.array(executed[i][:length]))  # a chunk can outlast the episode
+                executed[i], episodes_done[i] = [], episodes_done[i] + 1
+                progress.update(1)
+                progress.set_postfix(success=f"{sum(out['success']) / sum(episodes_done):.2f}")
     progress.close()
     envs.close()
     return out

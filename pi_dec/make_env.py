@@ -38,6 +38,20 @@ class ActionChunkWrapper(gym.Wrapper):
         return obs, reward_sum, terminated, truncated, info
 
 
+class SeedSchedule(gym.Wrapper):
+    """Start each episode from the next seed of a fixed list, the automatic resets of a vector env too;
+    once the list is used up, episodes start unseeded."""
+
+    def __init__(self, env: gym.Env, seeds: Sequence[int]):
+        super().__init__(env)
+        self.seeds = list(seeds)
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None and self.seeds:
+            seed = self.seeds.pop(0)
+        return self.env.reset(seed=seed, options=options)
+
+
 class UnknownEnvError(ValueError):
     """An env id that neither ManiSkill2 nor pi_dec registers."""
 
@@ -70,11 +84,12 @@ def asset_kwargs(obj_ids: Sequence[str] = (), asset_root: str | None = None,
 def make_env(env_id: str, seed: int, control_mode: str | None = None, obs_horizon: int = 1,
              video_dir: str | None = None, env_kwargs: dict | None = None, obs_mode: str = "state",
              reward_mode: str = "sparse", act_chunks: bool = True,
-             max_episode_steps: int | None = None) -> Callable[[], gym.Env]:
+             max_episode_steps: int | None = None, reset_seeds: Sequence[int] = ()) -> Callable[[], gym.Env]:
     """A thunk that builds one wrapped env (for gym.vector.*VectorEnv).
 
     `act_chunks=True` makes the env take (act_horizon, act_dim) action sequences; `max_episode_steps`
-    overrides the task's time limit (200 for every Policy Decorator task).
+    overrides the task's time limit (200 for every Policy Decorator task); `reset_seeds` seeds its
+    unseeded resets in turn (see SeedSchedule).
     """
     env_kwargs = dict(env_kwargs or {})
     if max_episode_steps is not None:
@@ -93,6 +108,8 @@ def make_env(env_id: str, seed: int, control_mode: str | None = None, obs_horizo
         env = gym.wrappers.FrameStack(env, obs_horizon)
         if act_chunks:
             env = ActionChunkWrapper(env)
+        if reset_seeds:
+            env = SeedSchedule(env, reset_seeds)
         env.action_space.seed(seed)
         env.observation_space.seed(seed)
         return env
@@ -110,14 +127,17 @@ def check_env(env_id: str, env_kwargs: dict | None = None) -> None:
 
 def make_vec_env(env_id: str, num_envs: int, seed: int, control_mode: str | None = None,
                  obs_horizon: int = 1, video_dir: str | None = None, env_kwargs: dict | None = None,
-                 asynchronous: bool = True, **kwargs) -> gym.vector.VectorEnv:
+                 asynchronous: bool = True, reset_seeds: Sequence[Sequence[int]] | None = None,
+                 **kwargs) -> gym.vector.VectorEnv:
     """`num_envs` envs seeded seed, seed+1, ...; the video (if any) is recorded by env 0 only.
+    `reset_seeds[i]`, if given, lists the seeds env i starts its episodes from, in order.
 
     Async envs run in `forkserver` worker processes (fork is unsafe with torch threads and Vulkan).
     """
     check_env(env_id, env_kwargs)  # fail here, not in a worker
     thunks = [make_env(env_id, seed + i, control_mode, obs_horizon, video_dir if i == 0 else None,
-                       env_kwargs, **kwargs) for i in range(num_envs)]
+                       env_kwargs, reset_seeds=reset_seeds[i] if reset_seeds else (), **kwargs)
+              for i in range(num_envs)]
     if asynchronous and num_envs > 1:
         with _workers_skip_main_module():
             return gym.vector.AsyncVectorEnv(thunks, context="forkserver")

@@ -240,8 +240,8 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     qf1_target, qf2_target = SoftQNetwork(obs_dim, critic_act).to(device), SoftQNetwork(obs_dim, critic_act).to(device)
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
-    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
     target_entropy = -float(res_dim)
     # NOTE(original): autotuning starts at alpha = 1; on short CPU budgets its entropy bonus outweighs the
     # -1 per-step reward (README, "Quickstart"), where --no-autotune --sac-alpha 0.01 is used instead.

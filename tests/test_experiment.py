@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pi_dec.experiment import Budget, mean_squared_jerk, run_experiment
+from pi_dec.experiment import Budget, evaluate_on_seeds, mean_squared_jerk, run_experiment
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.results import BUDGETS, keep_earlier_budget, report, with_flags
 
@@ -25,6 +25,19 @@ def test_jerk_matches_the_second_difference():
     # second differences: (0 - 2 + 0) = -2, (1 - 0 + 1) = 2 -> mean of squares = 4
     assert mean_squared_jerk(a) == pytest.approx(4.0)
     assert math.isnan(mean_squared_jerk(a[:2]))  # too short to have a second difference
+
+
+def test_evaluation_results_follow_the_seeds_whatever_the_number_of_envs():
+    def act(obs):  # deterministic and state-dependent: each seed's episode has its own actions
+        return np.repeat(np.tanh(5 * obs[:, -1:, :7]), 4, axis=1)
+
+    seeds = [7, 3, 11]
+    one = evaluate_on_seeds("PickCube-v0", "pd_ee_delta_pose", 1, act, seeds, num_envs=1)
+    two = evaluate_on_seeds("PickCube-v0", "pd_ee_delta_pose", 1, act, seeds, num_envs=2)  # env 0 plays 7 then 11
+    assert one["seed"] == two["seed"] == seeds
+    assert one["len"] == two["len"]
+    np.testing.assert_allclose(two["jerk"], one["jerk"], rtol=1e-6)
+    assert len(set(one["jerk"])) == 3  # the seeds really gave different episodes
 
 
 def test_with_flags_replaces_values_without_touching_the_original():

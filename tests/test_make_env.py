@@ -97,6 +97,23 @@ def test_vector_env_reports_finished_episodes(asynchronous):
     envs.close()
 
 
+def test_seed_schedule_seeds_the_automatic_resets():
+    def first_obs(seed):
+        env = make_env("PickCube-v0", 0, "pd_ee_delta_pose")()
+        obs, _ = env.reset(seed=seed)
+        env.close()
+        return np.asarray(obs)
+
+    envs = make_vec_env("PickCube-v0", num_envs=1, seed=0, control_mode="pd_ee_delta_pose", asynchronous=False,
+                        max_episode_steps=4, reset_seeds=[[5, 9]])
+    obs, _ = envs.reset()
+    np.testing.assert_allclose(obs[0], first_obs(5))
+    obs, *_ = envs.step(np.zeros((1, 4, 7)))  # the 4-step time limit ends the episode; the env resets itself
+    np.testing.assert_allclose(obs[0], first_obs(9))
+    assert not np.allclose(first_obs(5), first_obs(9))
+    envs.close()
+
+
 def test_video_recording_writes_an_episode(tmp_path):
     envs = make_vec_env("PickCube-v0", num_envs=1, seed=0, control_mode="pd_ee_delta_pose",
                         video_dir=str(tmp_path), asynchronous=False, max_episode_steps=8)
