@@ -154,15 +154,16 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
             return combine(base_seq, actor.get_eval_action(a_in), online_args["res_scale"]).numpy()
         return act
 
+    policies = (("base", False), ("refined", True))
     results = {}
-    for name, with_res in (("base", False), ("refined", True)):
+    for name, with_res in policies:
         torch.manual_seed(0)
         results[name] = evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds,
                                           desc=f"{name} policy")
     # One before/after video on the first seed, in its own pass: recording renders every frame on the CPU
     # (lavapipe), and inside the 100-episode pass the recording env held the other envs back (~4x the time).
     if video_root:
-        for name, with_res in (("base", False), ("refined", True)):
+        for name, with_res in policies:
             torch.manual_seed(0)
             evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds[:1], num_envs=1,
                               video_dir=str(video_root / name), desc=f"{name} video")
