@@ -29,6 +29,7 @@ class Budget:
     """Everything an experiment's size depends on (CPU-sized defaults: the paper's are GPU budgets)."""
 
     num_demos: int = 100
+    control_mode: str = "pd_ee_delta_pose"  # of the demos, the base policy and the online run
     offline_args: list[str] = field(default_factory=list)
     online_args: list[str] = field(default_factory=list)
     eval_episodes: int = 100
@@ -220,17 +221,15 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
                             cwd=ROOT).stdout.strip() or "unknown"
     offline_script, online_script = SCRIPTS[kind]
     times = {}
-    control_mode = "pd_ee_delta_pos" if (kind == "bet" and env_id == "StackCube-v0") else "pd_ee_delta_pose"
-    demo = data_dir / "trajectory.h5"
+    control_mode = budget.control_mode
     if not (data_dir / "summary.json").exists() or json.loads((data_dir / "summary.json").read_text())["successes"] < budget.num_demos:
         times["demos"] = stage(f"1/4 demonstrations: {budget.num_demos} for {env_id}", [
             sys.executable, "-m", "pi_dec.demos", "--env-id", env_id, "--num-demos", budget.num_demos,
             "--out", data_dir, "--num-procs", 2])
-    from pi_dec.demo_data import mode_sibling
+    from pi_dec.demos.cli import demos_in_mode
     from pi_dec.run import atomic_write_text
 
-    if mode_sibling(demo, control_mode).exists():  # trajectory.h5 is in the other mode
-        demo = mode_sibling(demo, control_mode)
+    demo = demos_in_mode(data_dir, control_mode, num_procs=2)  # converts the demos if this mode is new there
     offline_out, online_out = out / "offline", out / "online"
     base_cmd = [str(c) for c in (sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo,
                                  "--control-mode", control_mode, "--seed", seed, "--output-dir", offline_out,
@@ -256,7 +255,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     times["eval"] = time.time() - t0
     online_args = json.loads((online_run / "args.json").read_text())
     summary = {
-        "task": env_id, "base": kind, "seed": seed, "num_demos": budget.num_demos,
+        "task": env_id, "base": kind, "seed": seed, "num_demos": budget.num_demos, "control_mode": control_mode,
         "offline_args": budget.offline_args, "online_args": budget.online_args,
         "online_env_steps": online_args["total_timesteps"] * online_args["act_horizon_executed"],
         "eval_episodes": len(eval_seeds),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pi_dec.demos.generate import convert, episode_lengths, merge_shards, record_shard
 from pi_dec.demos.solvers import SOLVERS
+from pi_dec.run import atomic_write_text
 
 # Control modes the README's commands train on: Diffusion Policy and BeT use pd_ee_delta_pose; the
 # StackCube BeT command uses pd_ee_delta_pos.
@@ -47,6 +48,36 @@ class Args:
     control_modes: tuple[str, ...] | None = None
     """target control modes; the first becomes trajectory.h5 (default: pd_ee_delta_pose, and
     pd_ee_delta_pos first for StackCube-v0)"""
+
+
+RAW = "trajectory.none.pd_joint_pos.h5"
+
+
+def convert_to_mode(out: Path, mode: str, main_file: bool, num_procs: int = 1) -> dict:
+    """Replay the raw demos in `out` into `mode`: trajectory.h5 if `main_file`, else
+    trajectory.state.<mode>.h5 (with its .json); returns what summary.json records for the mode."""
+    t0 = time.time()
+    print(f"converting the demos in {out} to {mode} ...", flush=True)
+    path = convert(str(out / RAW), mode, num_procs=num_procs)
+    final = out / ("trajectory.h5" if main_file else f"trajectory.state.{mode}.h5")
+    path.replace(final)
+    path.with_suffix(".json").replace(final.with_suffix(".json"))
+    lengths = episode_lengths(final)
+    planned = len(episode_lengths(out / RAW))
+    return {"file": str(final), "episodes": len(lengths), "yield": len(lengths) / planned,
+            "length_min": min(lengths, default=0), "length_max": max(lengths, default=0),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def demos_in_mode(out: Path, mode: str, num_procs: int = 1) -> Path:
+    """The demo file in `out` recorded in `mode`; converts the raw demos first (and records it in
+    summary.json) if an earlier `python -m pi_dec.demos` did not write that mode."""
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    if mode not in summary["converted"]:
+        summary["converted"][mode] = convert_to_mode(out, mode, main_file=False, num_procs=num_procs)
+        atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    return out / Path(summary["converted"][mode]["file"]).name  # the folder may have moved since
 
 
 def _worker(job):
@@ -87,24 +118,13 @@ def main(args: Args) -> dict:
     successes = sum(s["successes"] for s in shards)
     if successes == 0:
         raise SystemExit(f"No successful demonstration in {attempts} attempts for {args.env_id}.")
-    raw = out / "trajectory.none.pd_joint_pos.h5"
+    raw = out / RAW
     merge_shards([s["path"] for s in shards if s["successes"] > 0], str(raw))
     shutil.rmtree(shard_root)
     plan_time = time.time() - start
 
     # 2. Convert to each control mode (state observations); keep what still succeeds.
-    converted = {}
-    for i, mode in enumerate(modes):
-        t0 = time.time()
-        print(f"converting {successes} demos to {mode} ...", flush=True)
-        path = convert(str(raw), mode, num_procs=procs)
-        final = out / ("trajectory.h5" if i == 0 else f"trajectory.state.{mode}.h5")
-        path.replace(final)
-        path.with_suffix(".json").replace(final.with_suffix(".json"))
-        lengths = episode_lengths(final)
-        converted[mode] = {"file": str(final), "episodes": len(lengths), "yield": len(lengths) / successes,
-                           "length_min": min(lengths, default=0), "length_max": max(lengths, default=0),
-                           "seconds": round(time.time() - t0, 1)}
+    converted = {mode: convert_to_mode(out, mode, main_file=i == 0, num_procs=procs) for i, mode in enumerate(modes)}
 
     lengths = [n for s in shards for n in s["lengths"]]
     summary = {
