@@ -29,10 +29,10 @@ class Budget:
     """Everything an experiment's size depends on (CPU-sized defaults: the paper's are GPU budgets)."""
 
     num_demos: int = 100
-    control_mode: str = "pd_ee_delta_pose"  # of the demos, the base policy and the online run
     offline_args: list[str] = field(default_factory=list)
     online_args: list[str] = field(default_factory=list)
     eval_episodes: int = 100
+    control_mode: str = "pd_ee_delta_pose"  # of the demos, the base policy and the online run
 
 
 def stage(title: str, cmd: list, log: Path | None = None) -> float:

@@ -84,14 +84,17 @@ def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_pa
     (results / "runs").mkdir(parents=True)
     assert BUDGETS[("PickCube-v0", "diffusion")] is QUICKSTART
     older = Budget(QUICKSTART.num_demos, QUICKSTART.offline_args, with_flags(QUICKSTART.online_args, q_lr=1e-3))
-    runs = {"1": _summary(1, 0.5, 0.7, 2e-3, 1e-3), "2": _summary(2, 0.6, 0.1, 2e-3, 1e-3, budget=older)}
+    runs = {"1": _summary(1, 0.5, 0.7, 2e-3, 1e-3), "2": _summary(2, 0.6, 0.1, 2e-3, 1e-3, budget=older),
+            "3": _summary(3, 0.6, 0.4, 2e-3, 1e-3) | {"control_mode": "pd_ee_delta_pos"}}  # same flags, other mode
     for seed, summary in runs.items():
         (results / "runs" / f"PickCube-v0_diffusion_{seed}.json").write_text(json.dumps(summary))
     table = report(results, readme)
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
-    assert sorted((r[1], r[2], r[5]) for r in rows) == [("diffusion", "1", "0.70"),
-                                                        ("diffusion (earlier settings)", "1", "0.10")]
-    assert "online `--q-lr 0.001` (now 3e-4)" in (results / "README.md").read_text()
+    assert sorted((r[1][:27], r[2], r[5]) for r in rows) == [("diffusion", "1", "0.70"),
+                                                             ("diffusion (earlier settings", "1", "0.10"),
+                                                             ("diffusion (earlier settings", "1", "0.40")]
+    notes = (results / "README.md").read_text()
+    assert "online `--q-lr 0.001` (now 3e-4)" in notes and "pd_ee_delta_pos (now pd_ee_delta_pose)" in notes
 
 
 def test_a_rerun_with_another_budget_keeps_the_earlier_summary(tmp_path):
