@@ -41,6 +41,7 @@ BUDGETS = {
     # First budget (pd_ee_delta_pose, --res-scale 0.1, --q-lr 3e-4): base 0.08 -> 0.00. Probes since (README
     # "Results"): the base is better in pd_ee_delta_pos (0.28 on 40 episodes, against <= 0.10), not with a
     # 3-step context or 300 demos; a residual of 0.05 still drifted to ~40% of the base's x/y motion.
+    # This budget, seed 1: 0.22 -> 0.07, made worse again (README "Results").
     ("PickCube-v0", "bet"): Budget(
         num_demos=100, control_mode="pd_ee_delta_pos",
         offline_args=["--context-window", "10", "--n-embedding", "64", "--batch-size", "256", "--lr", "1e-3",
