@@ -122,8 +122,9 @@ def _changes(run: dict, now: Budget) -> str:
                 for i, a in enumerate(map(str, args)) if a.startswith("--")}
 
     out = [f"{run['num_demos']} demos (now {now.num_demos})"] if run["num_demos"] != now.num_demos else []
-    if run.get("control_mode", DEFAULT_MODE) != now.control_mode:
-        out.append(f"{run.get('control_mode', DEFAULT_MODE)} (now {now.control_mode})")
+    mode = run.get("control_mode", DEFAULT_MODE)
+    if mode != now.control_mode:
+        out.append(f"{mode} (now {now.control_mode})")
     for stage in ("offline_args", "online_args"):
         old, new = flags(run[stage]), flags(getattr(now, stage))
         out += [f"{stage.split('_')[0]} " + (f"`{k} {old[k]}`" if k in old else f"no `{k}`") + f" (now {new.get(k, 'unset')})"

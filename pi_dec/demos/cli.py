@@ -22,6 +22,7 @@ from pathlib import Path
 import tyro
 from tqdm import tqdm
 
+from pi_dec.demo_data import mode_sibling
 from pi_dec.demos.generate import convert, episode_lengths, merge_shards, record_shard
 from pi_dec.demos.solvers import SOLVERS
 from pi_dec.run import atomic_write_text
@@ -53,17 +54,17 @@ class Args:
 RAW = "trajectory.none.pd_joint_pos.h5"
 
 
-def convert_to_mode(out: Path, mode: str, main_file: bool, num_procs: int = 1) -> dict:
-    """Replay the raw demos in `out` into `mode`: trajectory.h5 if `main_file`, else
+def convert_to_mode(out: Path, mode: str, main_file: bool, planned: int, num_procs: int = 1) -> dict:
+    """Replay the `planned` raw demos in `out` into `mode`: trajectory.h5 if `main_file`, else
     trajectory.state.<mode>.h5 (with its .json); returns what summary.json records for the mode."""
     t0 = time.time()
-    print(f"converting the demos in {out} to {mode} ...", flush=True)
+    print(f"converting {planned} demos in {out} to {mode} ...", flush=True)
     path = convert(str(out / RAW), mode, num_procs=num_procs)
-    final = out / ("trajectory.h5" if main_file else f"trajectory.state.{mode}.h5")
+    final = out / "trajectory.h5"
+    final = final if main_file else mode_sibling(final, mode)
     path.replace(final)
     path.with_suffix(".json").replace(final.with_suffix(".json"))
     lengths = episode_lengths(final)
-    planned = len(episode_lengths(out / RAW))
     return {"file": str(final), "episodes": len(lengths), "yield": len(lengths) / planned,
             "length_min": min(lengths, default=0), "length_max": max(lengths, default=0),
             "seconds": round(time.time() - t0, 1)}
@@ -75,7 +76,8 @@ def demos_in_mode(out: Path, mode: str, num_procs: int = 1) -> Path:
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text())
     if mode not in summary["converted"]:
-        summary["converted"][mode] = convert_to_mode(out, mode, main_file=False, num_procs=num_procs)
+        summary["converted"][mode] = convert_to_mode(out, mode, main_file=False, planned=summary["successes"],
+                                                     num_procs=num_procs)
         atomic_write_text(summary_path, json.dumps(summary, indent=2))
     return out / Path(summary["converted"][mode]["file"]).name  # the folder may have moved since
 
@@ -124,7 +126,8 @@ def main(args: Args) -> dict:
     plan_time = time.time() - start
 
     # 2. Convert to each control mode (state observations); keep what still succeeds.
-    converted = {mode: convert_to_mode(out, mode, main_file=i == 0, num_procs=procs) for i, mode in enumerate(modes)}
+    converted = {mode: convert_to_mode(out, mode, main_file=i == 0, planned=successes, num_procs=procs)
+                 for i, mode in enumerate(modes)}
 
     lengths = [n for s in shards for n in s["lengths"]]
     summary = {
