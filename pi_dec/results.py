@@ -169,7 +169,7 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
              "arm actions (lower is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
              + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed>` with the "
              "budgets in `pi_dec/results.py`." + "".join(f"\n\n{e}" for e in earlier))
-    (results / "README.md").write_text("# Results\n\n" + table + "\n\n" + notes + "\n")
+    (results / "README.md").write_text("# Results\n\n" + table + "\n\n" + notes + "\n\n" + _per_run(labelled))
     _plot(labelled, results / "success.png")
     text = readme.read_text()
     block = f"<!-- results:start -->\n{table}\n\n{notes}\n<!-- results:end -->"
@@ -177,6 +177,19 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
     readme.write_text(text)
     print(table)
     return table
+
+
+def _per_run(labelled: dict) -> str:
+    """One line per summary (the table above averages them): what each seed gave, where and when."""
+    lines = ["## Every run", "", "| task | base | seed | success | episode length | jerk | wall time | commit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (task, label), rs in labelled.items():
+        for r in sorted(rs, key=lambda r: r["seed"]):
+            length = (f"{r['len_base']:.0f} → {r['len_refined']:.0f}" if "len_base" in r else "?")
+            lines.append(f"| {task} | {label} | {r['seed']} | {r['success_base']:.2f} → {r['success_refined']:.2f} | "
+                         f"{length} | {r['jerk_base']:.1e} → {r['jerk_refined']:.1e} | "
+                         f"{r['wall_seconds'] / 60:.0f} min | {r.get('commit', '?')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _plot(groups: dict, png: Path) -> None:
