@@ -22,6 +22,7 @@ import numpy as np
 
 from pi_dec.experiment import ROOT, Budget, run_experiment
 from pi_dec.quickstart import QUICKSTART
+from pi_dec.run import atomic_write_text
 
 RESULTS = ROOT / "results"
 EVAL_SEEDS = list(range(100_000, 100_100))
@@ -101,7 +102,7 @@ def run(task: str, base: str, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     curve.parent.mkdir(parents=True, exist_ok=True)
     keep_earlier_budget(path, curve, summary)
-    path.write_text(json.dumps(summary, indent=2))
+    atomic_write_text(path, json.dumps(summary, indent=2))  # an hour of compute: never half-written
     shutil.copyfile(out / "learning_curve.png", curve)
     print(f"wrote {path}")
     return path

@@ -74,10 +74,11 @@ def test_report_aggregates_whatever_summaries_exist(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and row in text
     assert (results / "success.png").stat().st_size > 0
-    per_run = (results / "README.md").read_text().split("## Every run")[1]
+    page = (results / "README.md").read_text()
+    per_run = page.split("## Every run")[1]
     assert "| PickCube-v0 | diffusion | 1 | 0.50 → 0.70 |" in per_run
     assert "| PickCube-v0 | diffusion | 2 | 0.60 → 0.90 |" in per_run
-    assert "test machine" in (results / "README.md").read_text()
+    assert "test machine" in page
 
 
 def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_path):

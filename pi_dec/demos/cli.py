@@ -60,8 +60,8 @@ def convert_to_mode(out: Path, mode: str, main_file: bool, planned: int, num_pro
     t0 = time.time()
     print(f"converting {planned} demos in {out} to {mode} ...", flush=True)
     path = convert(str(out / RAW), mode, num_procs=num_procs)
-    final = out / "trajectory.h5"
-    final = final if main_file else mode_sibling(final, mode)
+    main = out / "trajectory.h5"
+    final = main if main_file else mode_sibling(main, mode)
     path.replace(final)
     path.with_suffix(".json").replace(final.with_suffix(".json"))
     lengths = episode_lengths(final)
