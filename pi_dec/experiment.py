@@ -199,7 +199,7 @@ def learning_curve(online_run: Path, base_success: float, png: Path, title: str,
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="best", fontsize=7)  # Peg's near-zero curves sat under a lower-right legend
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
