@@ -140,7 +140,7 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     ckpt = torch.load(final, map_location="cpu", weights_only=False)
     res_dim = horizon * act_dim
     actor_in = obs_dim + (res_dim if online_args["actor_input"] == "obs_base_action" else 0)
-    actor = ResidualActor(actor_in, res_dim, online_args["log_std_min"])
+    actor = ResidualActor(actor_in, res_dim, online_args["log_std_min"], online_args.get("hidden_dim", 256))
     actor.load_state_dict(ckpt["res_actor"])
     actor.eval()
 

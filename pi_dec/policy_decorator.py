@@ -19,6 +19,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -85,6 +86,8 @@ class OnlineArgs(RunArgs):
     """residual actor input: latest observation, or that plus the base action"""
     log_std_min: float = -20.0
     """lower bound of the actor's log std"""
+    hidden_dim: int = 256
+    """width of the three hidden layers of the residual actor and the critics (the original's: 256)"""
     update_threads: int | None = None
     """torch CPU threads during SAC updates (default: all cores; the env workers wait then)"""
 
@@ -198,8 +201,24 @@ def validate(args: OnlineArgs) -> None:
     n_eval = min(args.num_eval_envs, args.num_eval_episodes)
     if args.num_eval_episodes % n_eval:
         raise UsageError("--num-eval-episodes must be a multiple of --num-eval-envs.")
+    if args.hidden_dim < 1:
+        raise UsageError(f"--hidden-dim must be at least 1 (got {args.hidden_dim}); the original uses 256.")
     if args.update_threads is not None and args.update_threads < 1:
         raise UsageError(f"--update-threads must be at least 1 (got {args.update_threads}); leave it out for all cores.")
+
+
+@contextmanager
+def frozen(*nets: nn.Module):
+    """Gradients flow through `nets` to their inputs but are not computed for their weights (the actor
+    update needs dQ/da only; the original computes the critics' weight gradients there and zeroes them)."""
+    params = [p for net in nets for p in net.parameters()]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def crossed(step: int, span: int, every: int | None) -> bool:
@@ -233,11 +252,11 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     # ALGO LOGIC: networks
     actor_in = obs_dim + (res_dim if args.actor_input == "obs_base_action" else 0)
     critic_act = 2 * res_dim if args.critic_input == "concat" else res_dim
-    actor = ResidualActor(actor_in, res_dim, args.log_std_min).to(device)
-    qf1, qf2 = SoftQNetwork(obs_dim, critic_act).to(device), SoftQNetwork(obs_dim, critic_act).to(device)
+    actor = ResidualActor(actor_in, res_dim, args.log_std_min, args.hidden_dim).to(device)
+    qf1, qf2 = (SoftQNetwork(obs_dim, critic_act, args.hidden_dim).to(device) for _ in range(2))
     if "PushChair" in args.env_id:  # ManiSkill1-style envs: the original initializes all Linear layers so
         xavier_init_(actor, qf1, qf2)
-    qf1_target, qf2_target = SoftQNetwork(obs_dim, critic_act).to(device), SoftQNetwork(obs_dim, critic_act).to(device)
+    qf1_target, qf2_target = (SoftQNetwork(obs_dim, critic_act, args.hidden_dim).to(device) for _ in range(2))
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
@@ -401,9 +420,10 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
                     a_in = actor_input(b_obs, b_base)
                     pi, log_pi, _ = actor.get_action(a_in)
                     pi_a = critic_action(pi, b_base, args.res_scale, args.critic_input)
-                    actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi_a), qf2(b_obs, pi_a))).mean()
-                    actor_optimizer.zero_grad()
-                    actor_loss.backward()
+                    with frozen(qf1, qf2):  # the critics' weight gradients would be discarded: skip them
+                        actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi_a), qf2(b_obs, pi_a))).mean()
+                        actor_optimizer.zero_grad()
+                        actor_loss.backward()
                     actor_grad = nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
                     actor_optimizer.step()
                     if args.autotune:

@@ -29,10 +29,15 @@ EVAL_SEEDS = list(range(100_000, 100_100))
 DEFAULT_MODE = Budget().control_mode
 
 def with_flags(args: list[str], **values) -> list[str]:
-    """A copy of a flag list with some flags' values replaced: with_flags(a, total_iters=6000)."""
+    """A copy of a flag list with some flags' values replaced: with_flags(a, total_iters=6000); a value of
+    None removes the flag (the flag's default applies)."""
     out = list(args)
     for name, value in values.items():
-        out[out.index("--" + name.replace("_", "-")) + 1] = str(value)
+        i = out.index("--" + name.replace("_", "-"))
+        if value is None:
+            del out[i:i + 2]
+        else:
+            out[i + 1] = str(value)
     return out
 
 
@@ -59,7 +64,7 @@ BUDGETS = {
     # original's critic rate kept its Q values stable and the base's success in a 32,000-decision trial.
     ("StackCube-v0", "diffusion"): Budget(
         num_demos=400, offline_args=with_flags(QUICKSTART.offline_args, total_iters=15000),
-        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, res_scale=0.02, q_lr=1e-4)),
+        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, res_scale=0.02, q_lr=1e-4, hidden_dim=None)),
     # Base 0% twice (README "Results"): 8000 iterations on the first, too slow peg demos, and 12000 on the
     # faster ones. Now 30000 (~45 min alone), evaluated and saved every 10000: the base stage alone fills
     # an hour, so the online stage runs on a rerun, which reuses the finished base (base_done.json).
@@ -67,7 +72,7 @@ BUDGETS = {
         num_demos=300,
         offline_args=with_flags(QUICKSTART.offline_args, total_iters=30000, eval_freq=10000, save_freq=10000)
         + ["--num-eval-episodes", "20", "--num-eval-envs", "2"],
-        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, q_lr=1e-4)),
+        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, q_lr=1e-4, hidden_dim=None)),
 }
 
 

@@ -1,5 +1,6 @@
-"""SAC networks for the residual policy: a squashed-Gaussian actor and a Q-network (3x256 ReLU MLPs).
-Parameter names follow the original Policy Decorator online checkpoints."""
+"""SAC networks for the residual policy: a squashed-Gaussian actor and a Q-network (3 hidden ReLU layers,
+256 wide as in the original; `hidden` makes them narrower for CPU budgets). Parameter names follow the
+original Policy Decorator online checkpoints."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.
     return layer
 
 
-def mlp(in_dim: int) -> list[nn.Module]:
-    return [nn.Linear(in_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU()]
+def mlp(in_dim: int, hidden: int = 256) -> list[nn.Module]:
+    return [nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()]
 
 
 class SoftQNetwork(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256):
         super().__init__()
-        self.net = nn.Sequential(*mlp(obs_dim + act_dim), layer_init(nn.Linear(256, 1), std=0.01))
+        self.net = nn.Sequential(*mlp(obs_dim + act_dim, hidden), layer_init(nn.Linear(hidden, 1), std=0.01))
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:  # -> (B, 1)
         return self.net(torch.cat([obs, act], dim=1))
@@ -32,12 +33,12 @@ class SoftQNetwork(nn.Module):
 class ResidualActor(nn.Module):
     """tanh-squashed Gaussian over the residual in [-1, 1]^act_dim."""
 
-    def __init__(self, in_dim: int, act_dim: int, log_std_min: float = -20.0):
+    def __init__(self, in_dim: int, act_dim: int, log_std_min: float = -20.0, hidden: int = 256):
         super().__init__()
         self.log_std_min = log_std_min
-        self.backbone = nn.Sequential(*mlp(in_dim))
-        self.fc_mean = layer_init(nn.Linear(256, act_dim), std=0.01)
-        self.fc_logstd = layer_init(nn.Linear(256, act_dim), std=0.01)
+        self.backbone = nn.Sequential(*mlp(in_dim, hidden))
+        self.fc_mean = layer_init(nn.Linear(hidden, act_dim), std=0.01)
+        self.fc_logstd = layer_init(nn.Linear(hidden, act_dim), std=0.01)
         # The residual space is [-1, 1]: scale 1, bias 0 (kept as buffers, as the original saves them).
         self.register_buffer("action_scale", torch.ones(act_dim))
         self.register_buffer("action_bias", torch.zeros(act_dim))
