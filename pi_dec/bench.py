@@ -5,7 +5,7 @@
 
 - raw vector-env throughput (env steps/s) at --num-envs;
 - the online Policy Decorator loop (Diffusion Policy and BeT base, random weights: speed does not
-  depend on them): steps/s, where the time goes, ms per SAC update (--update-threads), and the peak
+  depend on them): steps/s, where the time goes, ms per SAC update (--update-threads, --hidden-dim), and the peak
   memory of its process tree;
 - offline training iterations/s and peak memory for both base policies (synthetic demonstrations of
   the task's dimensions);
@@ -86,7 +86,8 @@ def tree_memory_mb(pid: int) -> tuple[float, float]:
     return rss / 2**20, uss / 2**20
 
 
-def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int, update_threads: int | None) -> dict:
+def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int, update_threads: int | None,
+                hidden_dim: int | None = None) -> dict:
     """Run the online script on a random base for `total` steps; read its time/ tags; watch memory."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -103,6 +104,8 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int,
            "--save-freq", "0", "--output-dir", str(tmp / "out"), "--num-threads", str(threads)]
     if update_threads:
         cmd += ["--update-threads", str(update_threads)]
+    if hidden_dim:
+        cmd += ["--hidden-dim", str(hidden_dim)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     peak = [0.0, 0.0]
 
@@ -243,6 +246,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: half the cores)")
     parser.add_argument("--update-threads", type=int, default=None,
                         help="torch threads of the online runs' SAC updates (default: theirs, all cores)")
+    parser.add_argument("--hidden-dim", type=int, default=None,
+                        help="width of the online runs' SAC networks (default: theirs, 256; the quickstart's: 128)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["env", "online", "offline", "latency"])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--_offline", nargs=4, help=argparse.SUPPRESS)
@@ -260,13 +265,13 @@ def main() -> None:
     figures = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                            "torch_threads": threads, "update_threads": args.update_threads or os.cpu_count(),
-                           "env_id": args.env_id, "num_envs": args.num_envs}}
+                           "env_id": args.env_id, "num_envs": args.num_envs, "sac_hidden_dim": args.hidden_dim or 256}}
     if "env" not in args.skip:
         figures["raw_env_steps_per_s"] = {f"{n}_envs": env_throughput(args.env_id, n, args.env_steps)
                                           for n in sorted({1, args.num_envs})}
     if "online" not in args.skip:
         figures["online"] = {k: online_loop(k, args.env_id, args.num_envs, args.online_steps, threads,
-                                            args.update_threads)
+                                            args.update_threads, args.hidden_dim)
                              for k in ("diffusion", "bet")}
     if "offline" not in args.skip:
         figures["offline"] = {f"{k}_batch{bs}": offline(k, bs, args.offline_iters, threads)

@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from pi_dec.experiment import Budget, evaluate_on_seeds, mean_squared_jerk, run_experiment
+from pi_dec.experiment import ROOT, Budget, evaluate_on_seeds, mean_squared_jerk, run_experiment
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.results import BUDGETS, keep_earlier_budget, report, with_flags
 
@@ -43,6 +44,7 @@ def test_evaluation_results_follow_the_seeds_whatever_the_number_of_envs():
 def test_with_flags_replaces_values_without_touching_the_original():
     args = ["--total-iters", "10", "--lr", "1e-3"]
     assert with_flags(args, total_iters=5) == ["--total-iters", "5", "--lr", "1e-3"]
+    assert with_flags(args, total_iters=None) == ["--lr", "1e-3"]  # None: back to the flag's default
     assert args[1] == "10"
 
 
@@ -125,7 +127,7 @@ def test_tiny_experiment_end_to_end(demos, tmp_path):
                       "--log-freq", "10", "--num-threads", "1"],
         online_args=["--num-envs", "2", "--total-timesteps", "256", "--learning-starts", "128", "--batch-size", "32",
                      "--eval-freq", "0", "--log-freq", "128", "--save-freq", "0", "--num-eval-episodes", "2",
-                     "--num-eval-envs", "2", "--num-threads", "1"],
+                     "--num-eval-envs", "2", "--num-threads", "1", "--hidden-dim", "32"],
         eval_episodes=2)
     seeds = [100000, 100001]
     summary = run_experiment("PickCube-v0", "diffusion", 1, budget, tmp_path, data_dir, seeds)
@@ -141,6 +143,9 @@ def test_tiny_experiment_end_to_end(demos, tmp_path):
     for name in ("base", "refined"):
         assert list((tmp_path / "videos" / name).glob("*.mp4")), f"no {name} video"
     assert not summary["base_reused"]
+    # the residual actor is as narrow as asked (the evaluation above rebuilt it from the run's args.json)
+    final = torch.load(next((ROOT / summary["online_run"]).glob("checkpoints/*.pt")), weights_only=False)
+    assert final["res_actor"]["fc_mean.weight"].shape[1] == 32 and final["qf1"]["net.0.weight"].shape[0] == 32
 
     # a rerun (say after a session ended during the online stage) reuses the finished base policy
     again = run_experiment("PickCube-v0", "diffusion", 1, budget, tmp_path, data_dir, seeds, video=False)

@@ -13,9 +13,9 @@ import torch
 
 from conftest import ROOT, run_script
 from pi_dec.base_policies import CheckpointError, load_base_policy
-from pi_dec.nets.sac import ResidualActor
+from pi_dec.nets.sac import ResidualActor, SoftQNetwork
 from pi_dec.policy_decorator import (OnlineArgs, ReplayBuffer, bootstrap_masks, combine, critic_action, crossed,
-                                     exploration_prob, validate)
+                                     exploration_prob, frozen, validate)
 
 
 def test_exploration_probability_grows_linearly_to_one():
@@ -98,6 +98,27 @@ def test_residual_actor_squashes_and_scores_its_samples():
     assert actor.fc_mean.weight.abs().max() < 0.05
 
 
+def test_actor_gradient_is_the_same_with_the_critics_frozen():
+    torch.manual_seed(0)
+    actor, qf1, qf2 = ResidualActor(6, 3, hidden=16), SoftQNetwork(6, 3, hidden=16), SoftQNetwork(6, 3, hidden=16)
+    assert actor.fc_mean.weight.shape == (3, 16) and qf1.net[0].weight.shape == (16, 9)
+    obs = torch.randn(32, 6)
+
+    def actor_grads(freeze: bool):
+        actor.zero_grad(), qf1.zero_grad(), qf2.zero_grad()
+        torch.manual_seed(1)
+        pi, log_pi, _ = actor.get_action(obs)
+        with frozen(qf1, qf2) if freeze else torch.enable_grad():
+            (0.01 * log_pi - torch.min(qf1(obs, pi), qf2(obs, pi))).mean().backward()
+        return [p.grad.clone() for p in actor.parameters()], qf1.net[0].weight.grad
+
+    plain, plain_q = actor_grads(False)
+    skipped, skipped_q = actor_grads(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, skipped)) and plain[0].abs().sum() > 0
+    assert plain_q is not None and skipped_q is None  # only the discarded critic gradients were skipped
+    assert all(p.requires_grad for p in qf1.parameters())  # and the critics train again afterwards
+
+
 def test_crossed_counts_boundaries():
     assert crossed(64, 64, 64) and not crossed(96, 64, 64 * 3) and crossed(192, 64, 64 * 3)
     assert not crossed(64, 64, None)
@@ -108,6 +129,8 @@ def test_validation_errors():
         validate(OnlineArgs(num_envs=16, training_freq=40))
     with pytest.raises(ValueError, match="whole number of updates"):
         validate(OnlineArgs(num_envs=2, training_freq=2, utd=0.25))
+    with pytest.raises(ValueError, match="--hidden-dim must be at least 1"):
+        validate(OnlineArgs(hidden_dim=0))
     with pytest.raises(ValueError, match="--update-threads must be at least 1"):
         validate(OnlineArgs(update_threads=0))
 
