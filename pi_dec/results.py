@@ -64,7 +64,7 @@ BUDGETS = {
     # original's critic rate kept its Q values stable and the base's success in a 32,000-decision trial.
     ("StackCube-v0", "diffusion"): Budget(
         num_demos=400, offline_args=with_flags(QUICKSTART.offline_args, total_iters=15000),
-        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, res_scale=0.02, q_lr=1e-4, hidden_dim=None)),
+        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, res_scale=0.02, q_lr=1e-4)),
     # Base 0% twice (README "Results"): 8000 iterations on the first, too slow peg demos, and 12000 on the
     # faster ones. Now 30000 (~45 min alone), evaluated and saved every 10000: the base stage alone fills
     # an hour, so the online stage runs on a rerun, which reuses the finished base (base_done.json).
@@ -72,7 +72,7 @@ BUDGETS = {
         num_demos=300,
         offline_args=with_flags(QUICKSTART.offline_args, total_iters=30000, eval_freq=10000, save_freq=10000)
         + ["--num-eval-episodes", "20", "--num-eval-envs", "2"],
-        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, q_lr=1e-4, hidden_dim=None)),
+        online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, q_lr=1e-4)),
 }
 
 
