@@ -247,7 +247,7 @@ def main() -> None:
     parser.add_argument("--update-threads", type=int, default=None,
                         help="torch threads of the online runs' SAC updates (default: theirs, all cores)")
     parser.add_argument("--hidden-dim", type=int, default=None,
-                        help="width of the online runs' SAC networks (default: theirs, 256; the quickstart's: 128)")
+                        help="width of the online runs' SAC networks (default: theirs, 256)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["env", "online", "offline", "latency"])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--_offline", nargs=4, help=argparse.SUPPRESS)

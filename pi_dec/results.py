@@ -29,15 +29,10 @@ EVAL_SEEDS = list(range(100_000, 100_100))
 DEFAULT_MODE = Budget().control_mode
 
 def with_flags(args: list[str], **values) -> list[str]:
-    """A copy of a flag list with some flags' values replaced: with_flags(a, total_iters=6000); a value of
-    None removes the flag (the flag's default applies)."""
+    """A copy of a flag list with some flags' values replaced: with_flags(a, total_iters=6000)."""
     out = list(args)
     for name, value in values.items():
-        i = out.index("--" + name.replace("_", "-"))
-        if value is None:
-            del out[i:i + 2]
-        else:
-            out[i + 1] = str(value)
+        out[out.index("--" + name.replace("_", "-")) + 1] = str(value)
     return out
 
 
