@@ -25,10 +25,8 @@ ENV_ID = "PickCube-v0"
 QUICKSTART = Budget(
     num_demos=100,
     # No offline evaluation (DDPM-100 sampling costs ~1 s per decision on a CPU): best.pt is the final
-    # model, and step 4 evaluates it exactly as it acts online (DDIM-4). U-Net 16/32/64 (0.4M parameters):
-    # with 32/64/128 (1.3M) the base stage took ~13 min, the quickstart 35, and its bases reached 0.48-0.78,
-    # of which the refinement lifted only those at 0.69 or below (7 seeds, README "Results").
-    offline_args=["--unet-dims", "16", "32", "64", "--batch-size", "128", "--lr", "3e-4", "--total-iters", "10000",
+    # model, and step 4 evaluates it exactly as it acts online (DDIM-4).
+    offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "128", "--lr", "3e-4", "--total-iters", "10000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
     # Online: CPU-sized SAC settings (the defaults are the paper's GPU settings; see README "Quickstart"):
     # a fixed small entropy temperature (autotune starts at alpha = 1, whose entropy bonus outweighs the
