@@ -67,6 +67,7 @@ BUDGETS = {
         num_demos=300,
         offline_args=with_flags(QUICKSTART.offline_args, total_iters=30000, eval_freq=10000, save_freq=10000)
         + ["--num-eval-episodes", "20", "--num-eval-envs", "2"],
+        # res_scale 0.05: the quickstart's when these runs were made (it is 0.03 since 9875309)
         online_args=with_flags(QUICKSTART.online_args, total_timesteps=60000, q_lr=1e-4, res_scale=0.05)),
 }
 
