@@ -33,9 +33,9 @@ QUICKSTART = Budget(
     # -1 per-step reward for ~10^5 steps), a shorter horizon (gamma 0.9), a faster critic and a slower
     # actor, and a smaller residual: res_scale 0.03 (with 0.05 the two strongest of 7 bases, 0.78 and 0.73,
     # lost 0.07 each; with 0.03 the same bases went to 0.95 and 0.83, README "Results"; on the weak seed-1
-    # base, 0.52, 0.03 lifted less: 0.60 against 0.69). The SAC networks keep
-    # the original's width: 128-wide ones (--hidden-dim 128) made the online stage ~3.5 min shorter but
-    # showed no gain (3 seeds, README "Quickstart").
+    # base, 0.52, 0.03 lifted less: 0.60 against 0.69). The SAC networks keep the original's width:
+    # 128-wide ones (--hidden-dim 128) made the online stage ~3.5 min shorter but showed no gain (3 seeds,
+    # README "Quickstart").
     online_args=["--num-envs", "4", "--total-timesteps", "32000", "--learning-starts", "4000", "--batch-size", "256",
                  "--res-scale", "0.03", "--prog-explore", "10000", "--no-autotune", "--sac-alpha", "0.01",
                  "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "1e-5", "--utd", "1",
