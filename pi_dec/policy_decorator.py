@@ -88,6 +88,8 @@ class OnlineArgs(RunArgs):
     """lower bound of the actor's log std"""
     hidden_dim: int = 256
     """width of the three hidden layers of the residual actor and the critics (the original's: 256)"""
+    critic_layer_norm: bool = False
+    """LayerNorm in the critics' hidden layers (not in the original; the quickstart uses it: README)"""
     update_threads: int | None = None
     """torch CPU threads during SAC updates (default: all cores; the env workers wait then)"""
 
@@ -207,6 +209,17 @@ def validate(args: OnlineArgs) -> None:
         raise UsageError(f"--update-threads must be at least 1 (got {args.update_threads}); leave it out for all cores.")
 
 
+def check_resume_shapes(saved: dict, args: OnlineArgs) -> None:
+    """--resume needs the networks of the checkpoint: the flags that shape them must be the same."""
+    defaults = OnlineArgs()
+    for name in ("hidden_dim", "critic_layer_norm", "critic_input", "actor_input"):
+        then, now = saved.get(name, getattr(defaults, name)), getattr(args, name)
+        if then != now:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"--resume: the checkpoint's networks were built with {name}={then}, this run has "
+                             f"{name}={now}; resume with the checkpoint's setting of {flag}.")
+
+
 @contextmanager
 def frozen(*nets: nn.Module):
     """Gradients flow through `nets` to their inputs but are not computed for their weights (the actor
@@ -253,10 +266,13 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     actor_in = obs_dim + (res_dim if args.actor_input == "obs_base_action" else 0)
     critic_act = 2 * res_dim if args.critic_input == "concat" else res_dim
     actor = ResidualActor(actor_in, res_dim, args.log_std_min, args.hidden_dim).to(device)
-    qf1, qf2 = (SoftQNetwork(obs_dim, critic_act, args.hidden_dim).to(device) for _ in range(2))
+    def critic() -> SoftQNetwork:
+        return SoftQNetwork(obs_dim, critic_act, args.hidden_dim, args.critic_layer_norm).to(device)
+
+    qf1, qf2 = critic(), critic()
     if "PushChair" in args.env_id:  # ManiSkill1-style envs: the original initializes all Linear layers so
         xavier_init_(actor, qf1, qf2)
-    qf1_target, qf2_target = (SoftQNetwork(obs_dim, critic_act, args.hidden_dim).to(device) for _ in range(2))
+    qf1_target, qf2_target = critic(), critic()
     qf1_target.load_state_dict(qf1.state_dict())
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
@@ -276,6 +292,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     global_step = decisions = updates = 0
     learning_started = False
     if resume:
+        check_resume_shapes(resume["args"], args)
         actor.load_state_dict(resume["res_actor"])
         qf1_target.load_state_dict(resume["qf1"])
         qf2_target.load_state_dict(resume["qf2"])

@@ -35,12 +35,13 @@ QUICKSTART = Budget(
     # lost 0.07 each; with 0.03 the same bases went to 0.95 and 0.83, README "Results"; on the weak seed-1
     # base, 0.52, 0.03 lifted less: 0.60 against 0.69). The SAC networks keep the original's width:
     # 128-wide ones (--hidden-dim 128) made the online stage ~3.5 min shorter but showed no gain (3 seeds,
-    # README "Quickstart").
+    # README "Quickstart"). The critics have LayerNorm (not in the original): without it the seed-1 run's
+    # critics diverged on a few rarely visited states (Q down to -2e6 where returns lie in [-10, 0]).
     online_args=["--num-envs", "4", "--total-timesteps", "32000", "--learning-starts", "4000", "--batch-size", "256",
                  "--res-scale", "0.03", "--prog-explore", "10000", "--no-autotune", "--sac-alpha", "0.01",
                  "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "1e-5", "--utd", "1",
                  "--eval-freq", "4000", "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "2000",
-                 "--save-freq", "16000"],
+                 "--save-freq", "16000", "--critic-layer-norm"],
     eval_episodes=100,
 )
 QUICK = Budget(

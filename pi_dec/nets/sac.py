@@ -1,6 +1,6 @@
 """SAC networks for the residual policy: a squashed-Gaussian actor and a Q-network (3 hidden ReLU layers,
 256 wide as in the original; `hidden` makes them narrower for CPU budgets). Parameter names follow the
-original Policy Decorator online checkpoints."""
+original Policy Decorator online checkpoints (without `layer_norm`, which the original does not have)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,22 @@ def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.
     return layer
 
 
-def mlp(in_dim: int, hidden: int = 256) -> list[nn.Module]:
-    return [nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()]
+def mlp(in_dim: int, hidden: int = 256, layer_norm: bool = False) -> list[nn.Module]:
+    """Three hidden layers: Linear -> [LayerNorm] -> ReLU."""
+    layers: list[nn.Module] = []
+    for d_in in (in_dim, hidden, hidden):
+        layers += [nn.Linear(d_in, hidden), *([nn.LayerNorm(hidden)] if layer_norm else []), nn.ReLU()]
+    return layers
 
 
 class SoftQNetwork(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256):
+    """Q(obs, action). `layer_norm` normalizes each hidden layer (not in the original): the features then
+    have a fixed norm, so Q cannot grow without bound on rarely visited states (README, "Quickstart")."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layer_norm: bool = False):
         super().__init__()
-        self.net = nn.Sequential(*mlp(obs_dim + act_dim, hidden), layer_init(nn.Linear(hidden, 1), std=0.01))
+        self.net = nn.Sequential(*mlp(obs_dim + act_dim, hidden, layer_norm),
+                                 layer_init(nn.Linear(hidden, 1), std=0.01))
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:  # -> (B, 1)
         return self.net(torch.cat([obs, act], dim=1))
