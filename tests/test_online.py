@@ -1,5 +1,6 @@
 """Online Policy Decorator: the algorithm's math, checkpoint loading, and both scripts end to end."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,8 +15,9 @@ import torch
 from conftest import ROOT, run_script
 from pi_dec.base_policies import CheckpointError, load_base_policy
 from pi_dec.nets.sac import ResidualActor, SoftQNetwork
-from pi_dec.policy_decorator import (OnlineArgs, ReplayBuffer, bootstrap_masks, combine, critic_action, crossed,
-                                     exploration_prob, frozen, validate)
+from pi_dec.policy_decorator import (OnlineArgs, ReplayBuffer, bootstrap_masks, check_resume_shapes, combine,
+                                     critic_action, crossed, exploration_prob, frozen, validate)
+from pi_dec.run import UsageError
 
 
 def test_exploration_probability_grows_linearly_to_one():
@@ -119,6 +121,32 @@ def test_actor_gradient_is_the_same_with_the_critics_frozen():
     assert all(p.requires_grad for p in qf1.parameters())  # and the critics train again afterwards
 
 
+def test_critic_layer_norm_bounds_q_far_from_the_data():
+    torch.manual_seed(0)
+    plain, normed = SoftQNetwork(6, 3, hidden=32), SoftQNetwork(6, 3, hidden=32, layer_norm=True)
+    # without LayerNorm the parameters keep the original checkpoints' names
+    assert list(plain.state_dict()) == [f"net.{i}.{p}" for i in (0, 2, 4, 6) for p in ("weight", "bias")]
+    obs, act = torch.randn(64, 6), torch.randn(64, 3)
+    with torch.no_grad():
+        # normalized features have norm <= sqrt(hidden), so |Q| <= |w_out| sqrt(hidden) + |b_out| at any input
+        head = normed.net[-1]
+        bound = head.weight.norm() * 32 ** 0.5 + head.bias.abs()
+        for scale in (1.0, 1e3, 1e6):
+            assert normed(obs * scale, act * scale).abs().max() <= bound + 1e-5
+        # ... while a plain ReLU critic grows with its input (how its Q ran away on rare states)
+        assert plain(obs * 1e6, act * 1e6).abs().max() > 1e3 * plain(obs, act).abs().max()
+
+
+def test_resume_refuses_a_checkpoint_with_other_networks():
+    saved = dataclasses.asdict(OnlineArgs())
+    del saved["critic_layer_norm"]  # a checkpoint from before the flag existed: built without LayerNorm
+    check_resume_shapes(saved, OnlineArgs())
+    with pytest.raises(UsageError, match="critic_layer_norm=False, this run has critic_layer_norm=True.*--critic-layer-norm"):
+        check_resume_shapes(saved, OnlineArgs(critic_layer_norm=True))
+    with pytest.raises(UsageError, match="hidden_dim=256, this run has hidden_dim=128"):
+        check_resume_shapes(saved, OnlineArgs(hidden_dim=128))
+
+
 def test_crossed_counts_boundaries():
     assert crossed(64, 64, 64) and not crossed(96, 64, 64 * 3) and crossed(192, 64, 64 * 3)
     assert not crossed(64, 64, None)
@@ -192,19 +220,21 @@ def scalar_tags(run_dir):
 
 
 # Long enough for the 200-step episodes to end in training (decisions of 4 steps for DP, 1 for BeT).
-@pytest.mark.parametrize("kind, script, env_id, total", [
-    ("diffusion", "online/pi_dec_diffusion_maniskill2.py", "PegInsertionSide-v2", 112),
-    ("bet", "online/pi_dec_bet_maniskill2.py", "StackCube-v0", 416),
+@pytest.mark.parametrize("kind, script, env_id, total, layer_norm", [
+    ("diffusion", "online/pi_dec_diffusion_maniskill2.py", "PegInsertionSide-v2", 112, True),
+    ("bet", "online/pi_dec_bet_maniskill2.py", "StackCube-v0", 416, False),
 ])
-def test_online_scripts_learn_evaluate_and_checkpoint(offline_runs, tmp_path, kind, script, env_id, total):
+def test_online_scripts_learn_evaluate_and_checkpoint(offline_runs, tmp_path, kind, script, env_id, total, layer_norm):
     ckpt = offline_runs[kind] / "checkpoints" / "best.pt"
     run_script(script, "--env-id", env_id, "--base-policy-ckpt", ckpt, "--total-timesteps", total,
-               "--output-dir", tmp_path, "--critic-input", "concat", "--actor-input", "obs_base_action", *SMALL)
+               "--output-dir", tmp_path, "--critic-input", "concat", "--actor-input", "obs_base_action", *SMALL,
+               *(["--critic-layer-norm"] if layer_norm else []))
     run = next(next((tmp_path / env_id).iterdir()).iterdir())
     saved = torch.load(run / "checkpoints" / f"{total}.pt", weights_only=False)
     assert {"res_actor", "qf1", "qf2", "log_sac_alpha"} <= set(saved)
     assert saved["global_step"] == total and saved["updates"] > 0  # updates really ran
     assert saved["log_sac_alpha"].item() != 0.0  # the temperature moved
+    assert ("net.1.weight" in saved["qf1"]) == layer_norm  # net.1 is a LayerNorm only with --critic-layer-norm
     tags = scalar_tags(run)
     assert {"eval/success", "train/success", "losses/qf1_loss", "losses/actor_loss", "time/SPS",
             "time/env_steps"} <= tags
