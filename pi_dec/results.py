@@ -128,9 +128,15 @@ def _budget_key(b) -> tuple:
 
 def _changes(run: dict, now: Budget) -> str:
     """The flags of a run that differ from the current budget: '--q-lr 3e-4 (now 1e-4), ...'."""
-    def flags(args):
+    def flags(args):  # --flag -> its value; an on/off switch (no value) -> ""
         return {a: (args[i + 1] if i + 1 < len(args) and not str(args[i + 1]).startswith("--") else "")
                 for i, a in enumerate(map(str, args)) if a.startswith("--")}
+
+    def was(old, k):
+        return f"no `{k}`" if k not in old else f"`{k} {old[k]}`" if old[k] else f"`{k}`"
+
+    def current(new, k):
+        return "unset" if k not in new else new[k] or "on"
 
     out = [f"{run['num_demos']} demos (now {now.num_demos})"] if run["num_demos"] != now.num_demos else []
     mode = run.get("control_mode", DEFAULT_MODE)
@@ -138,7 +144,7 @@ def _changes(run: dict, now: Budget) -> str:
         out.append(f"{mode} (now {now.control_mode})")
     for stage in ("offline_args", "online_args"):
         old, new = flags(run[stage]), flags(getattr(now, stage))
-        out += [f"{stage.split('_')[0]} " + (f"`{k} {old[k]}`" if k in old else f"no `{k}`") + f" (now {new.get(k, 'unset')})"
+        out += [f"{stage.split('_')[0]} {was(old, k)} (now {current(new, k)})"
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return ", ".join(out) or "same flags"
 

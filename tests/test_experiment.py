@@ -9,7 +9,7 @@ import torch
 
 from pi_dec.experiment import ROOT, Budget, evaluate_on_seeds, mean_squared_jerk, run_experiment
 from pi_dec.quickstart import QUICKSTART
-from pi_dec.results import BUDGETS, keep_earlier_budget, report, with_flags
+from pi_dec.results import BUDGETS, keep_earlier_budget, report, with_flags, without
 
 
 def test_jerk_is_zero_for_constant_velocity_and_ignores_the_gripper():
@@ -88,7 +88,9 @@ def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_pa
     results = tmp_path / "results"
     (results / "runs").mkdir(parents=True)
     assert BUDGETS[("PickCube-v0", "diffusion")] is QUICKSTART
-    older = Budget(QUICKSTART.num_demos, QUICKSTART.offline_args, with_flags(QUICKSTART.online_args, q_lr=1e-3))
+    assert "--critic-layer-norm" in QUICKSTART.online_args
+    older = Budget(QUICKSTART.num_demos, QUICKSTART.offline_args,
+                   without(with_flags(QUICKSTART.online_args, q_lr=1e-3), "critic_layer_norm"))
     runs = {"1": _summary(1, 0.5, 0.7, 2e-3, 1e-3), "2": _summary(2, 0.6, 0.1, 2e-3, 1e-3, budget=older),
             "3": _summary(3, 0.6, 0.4, 2e-3, 1e-3) | {"control_mode": "pd_ee_delta_pos"}}  # same flags, other mode
     for seed, summary in runs.items():
@@ -100,6 +102,7 @@ def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_pa
                                                              ("diffusion (earlier settings", "1", "0.40")]
     notes = (results / "README.md").read_text()
     assert "online `--q-lr 0.001` (now 3e-4)" in notes and "pd_ee_delta_pos (now pd_ee_delta_pose)" in notes
+    assert "online no `--critic-layer-norm` (now on)" in notes  # an on/off switch
 
 
 def test_a_rerun_with_another_budget_keeps_the_earlier_summary(tmp_path):
