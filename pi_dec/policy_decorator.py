@@ -266,6 +266,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     actor_in = obs_dim + (res_dim if args.actor_input == "obs_base_action" else 0)
     critic_act = 2 * res_dim if args.critic_input == "concat" else res_dim
     actor = ResidualActor(actor_in, res_dim, args.log_std_min, args.hidden_dim).to(device)
+
     def critic() -> SoftQNetwork:
         return SoftQNetwork(obs_dim, critic_act, args.hidden_dim, args.critic_layer_norm).to(device)
 
