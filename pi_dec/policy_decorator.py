@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
 from pi_dec.nets.sac import ResidualActor, SoftQNetwork, xavier_init_
-from pi_dec.run import Run, RunArgs, StepTimer, UsageError, run_episodes, setup_torch
+from pi_dec.run import Run, RunArgs, StepTimer, UsageError, cli_flag, run_episodes, setup_torch
 
 
 @dataclass
@@ -215,9 +215,8 @@ def check_resume_shapes(saved: dict, args: OnlineArgs) -> None:
     for name in ("hidden_dim", "critic_layer_norm", "critic_input", "actor_input"):
         then, now = saved.get(name, getattr(defaults, name)), getattr(args, name)
         if then != now:
-            flag = "--" + name.replace("_", "-")
             raise UsageError(f"--resume: the checkpoint's networks were built with {name}={then}, this run has "
-                             f"{name}={now}; resume with the checkpoint's setting of {flag}.")
+                             f"{name}={now}; resume with the checkpoint's setting of {cli_flag(name)}.")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 
 from pi_dec.experiment import ROOT, Budget, run_experiment
 from pi_dec.quickstart import QUICKSTART
-from pi_dec.run import atomic_write_text
+from pi_dec.run import atomic_write_text, cli_flag
 
 RESULTS = ROOT / "results"
 EVAL_SEEDS = list(range(100_000, 100_100))
@@ -32,13 +32,13 @@ def with_flags(args: list[str], **values) -> list[str]:
     """A copy of a flag list with some flags' values replaced: with_flags(a, total_iters=6000)."""
     out = list(args)
     for name, value in values.items():
-        out[out.index("--" + name.replace("_", "-")) + 1] = str(value)
+        out[out.index(cli_flag(name)) + 1] = str(value)
     return out
 
 
 def without(args: list[str], *switches: str) -> list[str]:
     """A copy of a flag list without some on/off switches: without(a, "critic_layer_norm")."""
-    drop = {"--" + name.replace("_", "-") for name in switches}
+    drop = {cli_flag(name) for name in switches}
     return [a for a in args if a not in drop]
 
 

@@ -59,6 +59,11 @@ class RunArgs:
     """PartNet-Mobility model json (default: ManiSkill2's)"""
 
 
+def cli_flag(name: str) -> str:
+    """The command-line flag of an args field: "q_lr" -> "--q-lr" (tyro's spelling)."""
+    return "--" + name.replace("_", "-")
+
+
 def default_threads() -> int:
     """Half the cores: on a shared 2-core machine one torch thread beat two by 1.3-2.9x (env workers
     and the data pipeline need the other core)."""
