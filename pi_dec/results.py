@@ -63,20 +63,23 @@ BUDGETS = {
     # 200 demos and 6000 iterations gave a ~2% base (in-training episodes of the online run): too weak to refine.
     # The quickstart's online flags made this strong base worse (0.75 -> 0.28); a 2.5x smaller residual and the
     # original's critic rate kept its Q values stable and the base's success in a 32,000-decision trial.
-    # No critic LayerNorm: these runs were made before the quickstart had it.
+    # No critic LayerNorm, base batch 128, evaluations every 4000: the quickstart's when these runs were made.
     ("StackCube-v0", "diffusion"): Budget(
-        num_demos=400, offline_args=with_flags(QUICKSTART.offline_args, total_iters=15000),
-        online_args=without(with_flags(QUICKSTART.online_args, total_timesteps=60000, res_scale=0.02, q_lr=1e-4),
+        num_demos=400, offline_args=with_flags(QUICKSTART.offline_args, total_iters=15000, batch_size=128),
+        online_args=without(with_flags(QUICKSTART.online_args, total_timesteps=60000, res_scale=0.02, q_lr=1e-4,
+                                       eval_freq=4000),
                             "critic_layer_norm")),
     # Base 0% twice (README "Results"): 8000 iterations on the first, too slow peg demos, and 12000 on the
     # faster ones. Now 30000 (~45 min alone), evaluated and saved every 10000: the base stage alone fills
     # an hour, so the online stage runs on a rerun, which reuses the finished base (base_done.json).
     ("PegInsertionSide-v2", "diffusion"): Budget(
         num_demos=300,
-        offline_args=with_flags(QUICKSTART.offline_args, total_iters=30000, eval_freq=10000, save_freq=10000)
+        offline_args=with_flags(QUICKSTART.offline_args, total_iters=30000, eval_freq=10000, save_freq=10000,
+                                batch_size=128)
         + ["--num-eval-episodes", "20", "--num-eval-envs", "2"],
-        # res_scale 0.05 and no critic LayerNorm: the quickstart's when these runs were made
-        online_args=without(with_flags(QUICKSTART.online_args, total_timesteps=60000, q_lr=1e-4, res_scale=0.05),
+        # res_scale 0.05, no critic LayerNorm, batch 128, evaluations every 4000: the quickstart's when these ran
+        online_args=without(with_flags(QUICKSTART.online_args, total_timesteps=60000, q_lr=1e-4, res_scale=0.05,
+                                       eval_freq=4000),
                             "critic_layer_norm")),
 }
 
