@@ -25,9 +25,9 @@ ENV_ID = "PickCube-v0"
 QUICKSTART = Budget(
     num_demos=100,
     # No offline evaluation (DDPM-100 sampling costs ~1 s per decision on a CPU): best.pt is the final
-    # model, and step 4 evaluates it exactly as it acts online (DDIM-4). Batch 64 (was 128 until the
-    # seven-seed results at batch 128, README "Results"): ~4 min shorter, a somewhat weaker base (seed 1:
-    # 0.45 against 0.52), still in the range where the residual helped.
+    # model, and step 4 evaluates it exactly as it acts online (DDIM-4). Batch 64 since 796dee7 (128 before,
+    # the seven seeds of README "Results"' batch-128 row): ~4 min shorter, somewhat weaker bases (seed 1:
+    # 0.45 against 0.52), still in the range where the residual lifts them.
     offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "10000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
     # Online: CPU-sized SAC settings (the defaults are the paper's GPU settings; see README "Quickstart"):
