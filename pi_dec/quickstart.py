@@ -21,25 +21,20 @@ from pi_dec.experiment import ROOT, Budget, run_experiment
 
 ENV_ID = "PickCube-v0"
 
-# CPU-sized settings; see README "Quickstart" for why each differs from the paper's GPU budgets.
+# CPU-sized settings. Why each differs from the paper's GPU budgets, with the trials and numbers behind it:
+# results/NOTES.md (sections 3, 4 and 6).
 QUICKSTART = Budget(
     num_demos=100,
     # No offline evaluation (DDPM-100 sampling costs ~1 s per decision on a CPU): best.pt is the final
-    # model, and step 4 evaluates it exactly as it acts online (DDIM-4). Batch 64 since 796dee7 (128 before,
-    # the seven seeds of README "Results"' batch-128 row): ~4 min shorter, somewhat weaker bases (seed 1:
-    # 0.45 against 0.52), still in the range where the residual lifts them.
+    # model, and step 4 evaluates it exactly as it acts online (DDIM-4). Batch 64 rather than 128 saves ~4 min;
+    # the bases come out somewhat weaker but the residual still lifts them (notes, section 3).
     offline_args=["--unet-dims", "32", "64", "128", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "10000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
-    # Online: CPU-sized SAC settings (the defaults are the paper's GPU settings; see README "Quickstart"):
-    # a fixed small entropy temperature (autotune starts at alpha = 1, whose entropy bonus outweighs the
-    # -1 per-step reward for ~10^5 steps), a shorter horizon (gamma 0.9), a faster critic and a slower
-    # actor, and a smaller residual: res_scale 0.03 (with 0.05 the two strongest of 7 bases, 0.78 and 0.73,
-    # lost 0.07 each; with 0.03 the same bases went to 0.95 and 0.83, README "Results"; on the weak seed-1
-    # base, 0.52, 0.03 lifted less: 0.60 against 0.69). The SAC networks keep the original's width:
-    # 128-wide ones (--hidden-dim 128) made the online stage ~3.5 min shorter but showed no gain (3 seeds,
-    # README "Quickstart"). The critics have LayerNorm (not in the original): without it the seed-1 run's
-    # critics diverged on a few rarely visited states (Q down to -2e6 where returns lie in [-10, 0]) and it
-    # ended at 0.60 instead of 0.69; the three other seeds ended 0.04-0.11 lower with it (within noise).
+    # Online: the paper's defaults collapse on a ~10^5-step CPU budget (autotune starts at alpha = 1, whose
+    # entropy bonus outweighs the -1 per-step reward). A fixed small temperature, gamma 0.9, a faster critic,
+    # a slower actor and a small residual (0.03) keep the refined policy near the base; the original's SAC
+    # width (256) is kept, since 128 was faster but showed no gain. Critic LayerNorm (not in the original)
+    # stops the critic divergence seen on seed 1. Trials and numbers: results/NOTES.md, sections 3 and 4.
     online_args=["--num-envs", "4", "--total-timesteps", "32000", "--learning-starts", "4000", "--batch-size", "256",
                  "--res-scale", "0.03", "--prog-explore", "10000", "--no-autotune", "--sac-alpha", "0.01",
                  "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "1e-5", "--utd", "1",

@@ -50,10 +50,8 @@ EARLIER_ONLINE = with_flags(QUICKSTART.online_args, eval_freq=4000)
 # (task, base) -> budget. The PickCube/Diffusion budget is the quickstart's.
 BUDGETS = {
     ("PickCube-v0", "diffusion"): QUICKSTART,
-    # First budget (pd_ee_delta_pose, --res-scale 0.1, --q-lr 3e-4): base 0.08 -> 0.00. Probes since (README
-    # "Results"): the base is better in pd_ee_delta_pos (0.28 on 40 episodes, against <= 0.10), not with a
-    # 3-step context or 300 demos; a residual of 0.05 still drifted to ~40% of the base's x/y motion.
-    # This budget, seed 1: 0.22 -> 0.07, made worse again (README "Results").
+    # pd_ee_delta_pos: this BeT base is stronger there than in pd_ee_delta_pose. The residual still makes it
+    # worse (the probes and runs: results/NOTES.md, sections 5 and 6).
     ("PickCube-v0", "bet"): Budget(
         num_demos=100, control_mode="pd_ee_delta_pos",
         offline_args=["--context-window", "10", "--n-embedding", "64", "--batch-size", "256", "--lr", "1e-3",
@@ -65,17 +63,16 @@ BUDGETS = {
                      "--batch-size", "256", "--res-scale", "0.02", "--prog-explore", "20000", "--no-autotune",
                      "--sac-alpha", "0.01", "--q-lr", "1e-4", "--policy-lr", "1e-5", "--eval-freq", "10000",
                      "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "5000", "--save-freq", "50000"]),
-    # 200 demos and 6000 iterations gave a ~2% base (in-training episodes of the online run): too weak to refine.
-    # The quickstart's online flags made this strong base worse (0.75 -> 0.28); a 2.5x smaller residual and the
-    # original's critic rate kept its Q values stable and the base's success in a 32,000-decision trial.
-    # No critic LayerNorm: these runs were made before the quickstart had it.
+    # 400 demos and 15000 iterations: 200 and 6000 gave a base too weak to refine. A smaller residual and the
+    # original's critic rate keep the critic stable on this strong base, which the quickstart's online flags
+    # made worse (results/NOTES.md, sections 5 and 6). No critic LayerNorm: these runs predate it.
     ("StackCube-v0", "diffusion"): Budget(
         num_demos=400, offline_args=with_flags(EARLIER_OFFLINE, total_iters=15000),
         online_args=without(with_flags(EARLIER_ONLINE, total_timesteps=60000, res_scale=0.02, q_lr=1e-4),
                             "critic_layer_norm")),
-    # Base 0% twice (README "Results"): 8000 iterations on the first, too slow peg demos, and 12000 on the
-    # faster ones. Now 30000 (~45 min alone), evaluated and saved every 10000: the base stage alone fills
-    # an hour, so the online stage runs on a rerun, which reuses the finished base (base_done.json).
+    # 30000 iterations: shorter budgets gave bases that never succeeded (results/NOTES.md, sections 5 and 6).
+    # The base stage alone fills an hour, so the online stage runs on a rerun, which reuses the finished base
+    # (base_done.json).
     ("PegInsertionSide-v2", "diffusion"): Budget(
         num_demos=300,
         offline_args=with_flags(EARLIER_OFFLINE, total_iters=30000, eval_freq=10000, save_freq=10000)
