@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
 from pi_dec.base_policies import BET_ALGO, BeTPolicy
-from pi_dec.demo_data import load_demos, random_batches
-from pi_dec.make_env import asset_kwargs, check_env
+from pi_dec.demo_data import random_batches
+from pi_dec.make_env import check_env
+from pi_dec.suites import suite_for
 from pi_dec.run import Run, RunArgs, StepTimer, UsageError, offline_eval_envs, run_episodes, setup_torch, user_errors
 
 
@@ -29,7 +30,7 @@ class Args(RunArgs):
     env_id: str = "TurnFaucet-v2"
     """the task"""
     demo_path: str = "data/TurnFaucet/trajectory.h5"
-    """demonstrations (ManiSkill2 trajectory .h5 with its .json)"""
+    """demonstrations (ManiSkill2 trajectory .h5 with its .json; for Adroit also a Minari dataset folder)"""
     num_demo_traj: int | None = None
     """use the first N trajectories (all by default)"""
     total_iters: int = 200_000
@@ -62,8 +63,9 @@ class Args(RunArgs):
     """episodes per evaluation"""
     num_eval_envs: int = 10
     """parallel evaluation envs (too many biases towards short episodes)"""
-    control_mode: str = "pd_ee_delta_pose"
-    """control mode; must match the demonstrations"""
+    control_mode: str | None = None
+    """control mode; must match the demonstrations (default: pd_ee_delta_pose on ManiSkill2 tasks, Adroit's
+    only mode pd_joint_pos on Adroit tasks)"""
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -108,6 +110,14 @@ class WindowDataset:
         return self.obs[steps], self.act[steps]
 
 
+def all_actions(trajs: list[dict]) -> torch.Tensor:
+    """What k-means clusters: the actions of every trajectory.
+
+    NOTE(original): trajectories shorter than the context window, which train nothing, still count here.
+    """
+    return torch.cat([torch.as_tensor(t["actions"]) for t in trajs])
+
+
 def make_optimizer(policy: BeTPolicy, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW (betas 0.9, 0.999): the transformer's Linear weights decay; its biases, LayerNorms and
     embeddings do not.
@@ -128,10 +138,12 @@ def make_optimizer(policy: BeTPolicy, lr: float, weight_decay: float) -> torch.o
 # ------------------------------------------------------------------------------------------------ #
 def main(args: Args) -> Run:
     assert args.num_eval_episodes % min(args.num_eval_envs, args.num_eval_episodes) == 0
-    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    suite = suite_for(args.env_id)  # ManiSkill2 or Adroit: env construction, control modes, demo files
+    args.control_mode = suite.control_mode(args.control_mode)
+    env_kwargs = suite.env_kwargs(args.obj_ids, args.asset_root, args.model_json)
     check_env(args.env_id, env_kwargs)
     device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
-    trajs = load_demos(args.demo_path, control_mode=args.control_mode, num_traj=args.num_demo_traj)
+    trajs = suite.load_demos(args.demo_path, args.env_id, args.control_mode, args.num_demo_traj)
     data = WindowDataset(trajs, args.context_window, device)
     obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
     print(f"{len(trajs)} demos, {len(data.obs)} transitions, {len(data)} windows")
@@ -140,16 +152,15 @@ def main(args: Args) -> Run:
     agent = BeTPolicy(obs_dim, act_dim, args.context_window, args.n_clusters, args.n_layers, args.n_heads,
                       args.n_embedding).to(device)
     optimizer = make_optimizer(agent, args.lr, args.weight_decay)
-    agent.net.fit_clusters(data.act, iters=50)  # k-means over every demo action
+    agent.net.fit_clusters(all_actions(trajs).to(device), iters=50)
 
     eval_envs = offline_eval_envs(args, args.context_window, obs_dim, act_dim, run, env_kwargs, act_chunks=False)
 
     def evaluate() -> dict:
-        agent.eval()
+        # NOTE(original): evaluated with dropout on (the upstream's agent.eval() is commented out: "performs
+        # worse"), which is also how the frozen BeT acts online, so best.pt is chosen for the policy that runs there.
         act = lambda obs: agent.get_action(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()  # noqa: E731
-        result = run_episodes(args.num_eval_episodes, act, eval_envs)
-        agent.train()
-        return result
+        return run_episodes(args.num_eval_episodes, act, eval_envs)
 
     # ---------------------------------------------------------------------------------------- #
     # ALGO LOGIC: focal loss on the nearest cluster + 1000 x MSE of its offset, every window step

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
 from pi_dec.base_policies import DP_ALGO, DiffusionPolicy
-from pi_dec.demo_data import load_demos, random_batches
-from pi_dec.make_env import asset_kwargs, check_env
+from pi_dec.demo_data import random_batches
+from pi_dec.make_env import check_env
+from pi_dec.suites import suite_for
 from pi_dec.run import Run, RunArgs, StepTimer, UsageError, offline_eval_envs, run_episodes, setup_torch, user_errors
 
 
@@ -29,7 +30,7 @@ class Args(RunArgs):
     env_id: str = "PegInsertionSide-v2"
     """the task"""
     demo_path: str = "data/PegInsertionSide/trajectory.h5"
-    """demonstrations (ManiSkill2 trajectory .h5 with its .json)"""
+    """demonstrations (ManiSkill2 trajectory .h5 with its .json; for Adroit also a Minari dataset folder)"""
     num_demo_traj: int | None = None
     """use the first N trajectories (all by default)"""
     total_iters: int = 1_000_000
@@ -62,22 +63,27 @@ class Args(RunArgs):
     """episodes per evaluation"""
     num_eval_envs: int = 10
     """parallel evaluation envs (too many biases towards short episodes)"""
-    control_mode: str = "pd_ee_delta_pose"
-    """control mode; must match the demonstrations"""
+    control_mode: str | None = None
+    """control mode; must match the demonstrations (default: pd_ee_delta_pose on ManiSkill2 tasks, Adroit's
+    only mode pd_joint_pos on Adroit tasks)"""
 
 
 # ------------------------------------------------------------------------------------------------ #
 # Data: every window of the demonstrations, batched by indexing into padded tensors
 # ------------------------------------------------------------------------------------------------ #
-def pad_action_for(control_mode: str, act_dim: int) -> torch.Tensor:
-    """The action that means "stay": zero arm motion. Only delta (and velocity) control modes have one;
-    the gripper value is filled in per trajectory (the last one is kept)."""
+def pad_action_for(control_mode: str, last_action: torch.Tensor) -> torch.Tensor:
+    """The action that means "stay" after the last one: zero arm motion with the last gripper command in
+    delta (and velocity) modes; in pd_joint_pos (absolute targets, Adroit's only mode) the last action."""
     # NOTE(original): "delta_pos" also matches pd_ee_delta_pose.
     if "delta_pos" in control_mode or control_mode == "base_pd_joint_vel_arm_pd_joint_vel":
-        return torch.zeros(act_dim)
-    raise UsageError(f"Diffusion Policy pads action sequences with 'no motion', which control mode {control_mode!r} "
-                     "cannot express: use a delta mode (pd_ee_delta_pose, pd_ee_delta_pos, pd_joint_delta_pos) "
-                     "or base_pd_joint_vel_arm_pd_joint_vel.")
+        stay = torch.zeros_like(last_action)
+        stay[-1] = last_action[-1]  # keep the gripper as it was
+        return stay
+    if control_mode == "pd_joint_pos":  # an extension: the original pads delta modes only
+        return last_action.clone()
+    raise UsageError(f"Diffusion Policy pads action sequences with 'stay', which control mode {control_mode!r} "
+                     "cannot express: use a delta mode (pd_ee_delta_pose, pd_ee_delta_pos, pd_joint_delta_pos), "
+                     "pd_joint_pos or base_pd_joint_vel_arm_pd_joint_vel.")
 
 
 class WindowDataset:
@@ -86,7 +92,7 @@ class WindowDataset:
     A window starting at step s holds observations s .. s+obs_horizon-1 and actions s .. s+pred_horizon-1.
     Starts run from -(obs_horizon-1) (observations repeat the first, actions the first action) to
     L-obs_horizon, so every observation 0..L-1 is the latest one of some window; actions past the end
-    are "no motion" with the last gripper command.
+    "stay" (pad_action_for).
     """
 
     def __init__(self, trajs: list[dict], obs_horizon: int, pred_horizon: int, control_mode: str, device):
@@ -97,8 +103,7 @@ class WindowDataset:
         for traj in trajs:
             obs, act = torch.as_tensor(traj["obs"]), torch.as_tensor(traj["actions"])
             L = len(act)
-            stay = pad_action_for(control_mode, act.shape[1])
-            stay[-1] = act[-1, -1]  # keep the gripper as it was
+            stay = pad_action_for(control_mode, act[-1])
             obs_chunks.append(torch.cat([obs[:1].repeat(pad_before, 1), obs]))
             act_chunks.append(torch.cat([act[:1].repeat(pad_before, 1), act, stay.repeat(pad_after, 1)]))
             # NOTE(fix): the original's range(-pad_before, L - obs_horizon) missed the last start, so the
@@ -128,10 +133,12 @@ class WindowDataset:
 def main(args: Args) -> Run:
     assert args.obs_horizon + args.act_horizon - 1 <= args.pred_horizon, "need obs_horizon + act_horizon - 1 <= pred_horizon"
     assert args.num_eval_episodes % min(args.num_eval_envs, args.num_eval_episodes) == 0
-    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    suite = suite_for(args.env_id)  # ManiSkill2 or Adroit: env construction, control modes, demo files
+    args.control_mode = suite.control_mode(args.control_mode)
+    env_kwargs = suite.env_kwargs(args.obj_ids, args.asset_root, args.model_json)
     check_env(args.env_id, env_kwargs)
     device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
-    trajs = load_demos(args.demo_path, control_mode=args.control_mode, num_traj=args.num_demo_traj)
+    trajs = suite.load_demos(args.demo_path, args.env_id, args.control_mode, args.num_demo_traj)
     data = WindowDataset(trajs, args.obs_horizon, args.pred_horizon, args.control_mode, device)
     obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
     print(f"{len(trajs)} demos, {data.num_transitions} transitions, {len(data)} windows")

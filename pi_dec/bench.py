@@ -36,8 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def env_throughput(env_id: str, num_envs: int, steps: int) -> float:
     from pi_dec.make_env import make_vec_env
+    from pi_dec.suites import suite_for
 
-    envs = make_vec_env(env_id, num_envs, seed=0, control_mode="pd_ee_delta_pose", asynchronous=num_envs > 1)
+    envs = make_vec_env(env_id, num_envs, seed=0, control_mode=suite_for(env_id).control_mode(None),
+                        asynchronous=num_envs > 1)
     envs.reset(seed=0)
     actions = np.zeros((num_envs, 1, envs.single_action_space.shape[0]))
     envs.step(actions)
@@ -49,7 +51,7 @@ def env_throughput(env_id: str, num_envs: int, steps: int) -> float:
     return steps * num_envs / elapsed
 
 
-def make_base_checkpoint(kind: str, folder: Path, obs_dim: int, act_dim: int) -> Path:
+def make_base_checkpoint(kind: str, folder: Path, obs_dim: int, act_dim: int, control_mode: str) -> Path:
     """A randomly initialised base policy in the official layout (speed does not depend on weights)."""
     import torch
 
@@ -57,12 +59,12 @@ def make_base_checkpoint(kind: str, folder: Path, obs_dim: int, act_dim: int) ->
 
     if kind == "diffusion":
         cfg = {"obs_horizon": 2, "act_horizon": 4, "pred_horizon": 16, "diffusion_step_embed_dim": 64,
-               "unet_dims": [64, 128, 256], "n_groups": 8, "control_mode": "pd_ee_delta_pose"}
+               "unet_dims": [64, 128, 256], "n_groups": 8, "control_mode": control_mode}
         policy = DiffusionPolicy(obs_dim, act_dim, 2, 4, 16)
         state = {"agent": policy.state_dict(), "ema_agent": policy.state_dict()}
     else:
         cfg = {"context_window": 20, "n_layers": 4, "n_heads": 4, "n_embedding": 128, "n_clusters": 8,
-               "control_mode": "pd_ee_delta_pose"}
+               "control_mode": control_mode}
         state = {"agent": BeTPolicy(obs_dim, act_dim).state_dict()}
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     (folder / "args.json").write_text(json.dumps(cfg))
@@ -92,10 +94,12 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pi_dec.policy_decorator import probe_dims
+    from pi_dec.suites import suite_for
 
     tmp = Path(tempfile.mkdtemp(prefix="pi_dec_bench_"))
-    obs_dim, act_dim = probe_dims(env_id, "pd_ee_delta_pose", {})
-    ckpt = make_base_checkpoint(kind, tmp / "base", obs_dim, act_dim)
+    control_mode = suite_for(env_id).control_mode(None)
+    obs_dim, act_dim = probe_dims(env_id, control_mode, {})
+    ckpt = make_base_checkpoint(kind, tmp / "base", obs_dim, act_dim, control_mode)
     script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py"}[kind]
     learning_starts = total // 4
     cmd = [sys.executable, str(ROOT / script), "--env-id", env_id, "--base-policy-ckpt", str(ckpt),

@@ -92,16 +92,22 @@ def load_demos(demo_path: str | Path, control_mode: str | None = None,
                     f"{h5_path}:{name} has {kind}; the scripts need state observations. Convert with "
                     f"`python -m mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} -o state "
                     f"-c <control mode> --save-traj`.")
-            obs = np.asarray(group["obs"], dtype=np.float32)
-            actions = np.asarray(group["actions"], dtype=np.float32)
-            if obs.ndim != 2 or actions.ndim != 2 or len(obs) != len(actions) + 1:
-                raise DemoFileError(f"{h5_path}:{name}: obs {obs.shape} and actions {actions.shape} do not fit "
-                                    f"(need obs (L+1, obs_dim) and actions (L, act_dim)).")
+            traj = as_trajectory(group["obs"], group["actions"], f"{h5_path}:{name}")
+            obs, actions = traj["obs"], traj["actions"]
             if trajs and (obs.shape[1], actions.shape[1]) != (trajs[0]["obs"].shape[1], trajs[0]["actions"].shape[1]):
                 raise DemoFileError(f"{h5_path}:{name}: obs/action dims {obs.shape[1]}/{actions.shape[1]} differ "
                                     f"from traj_{ids[0]}'s {trajs[0]['obs'].shape[1]}/{trajs[0]['actions'].shape[1]}.")
             trajs.append({"obs": obs, "actions": actions})
     return trajs
+
+
+def as_trajectory(obs, actions, where: str, fix: str = "") -> dict:
+    """One trajectory as float32 arrays, obs (L+1, obs_dim) and actions (L, act_dim), or a DemoFileError."""
+    obs, actions = np.asarray(obs, dtype=np.float32), np.asarray(actions, dtype=np.float32)
+    if obs.ndim != 2 or actions.ndim != 2 or len(obs) != len(actions) + 1:
+        raise DemoFileError(f"{where}: obs {obs.shape} and actions {actions.shape} do not fit "
+                            f"(need obs (L+1, obs_dim) and actions (L, act_dim)){fix}.")
+    return {"obs": obs, "actions": actions}
 
 
 def random_batches(n: int, batch_size: int, device):

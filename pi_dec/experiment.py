@@ -33,6 +33,7 @@ class Budget:
     online_args: list[str] = field(default_factory=list)
     eval_episodes: int = 100
     control_mode: str = "pd_ee_delta_pose"  # of the demos, the base policy and the online run
+    demo_args: list[str] = field(default_factory=list)  # extra flags of `python -m pi_dec.demos`
 
 
 def stage(title: str, cmd: list, log: Path | None = None) -> float:
@@ -65,13 +66,19 @@ def finished_base(out: Path, cmd: list[str]) -> tuple[Path, float] | None:
     return run, done["seconds"]
 
 
-def mean_squared_jerk(actions: np.ndarray) -> float:
-    """Mean of (a[t+1] - 2 a[t] + a[t-1])^2 over steps and arm dims (gripper excluded).
+def mean_squared_jerk(actions: np.ndarray, control_mode: str = "pd_ee_delta_pose") -> float:
+    """Mean squared jerk of the executed actions over steps and dims. Lower is smoother.
 
-    With delta end-effector control an action is a per-step displacement (a velocity), so its second
-    difference is a jerk. Lower is smoother.
+    Delta end-effector control: an action is a per-step displacement (a velocity), so its second
+    difference is a jerk; the gripper (last dim) is excluded. Absolute joint targets (pd_joint_pos,
+    Adroit): an action is a position, so the jerk is its third difference, over every joint.
     """
-    arm = np.asarray(actions)[:, :-1]
+    actions = np.asarray(actions)
+    if control_mode == "pd_joint_pos":
+        if len(actions) < 4:
+            return float("nan")
+        return float(np.mean((actions[3:] - 3 * actions[2:-1] + 3 * actions[1:-2] - actions[:-3]) ** 2))
+    arm = actions[:, :-1]
     if len(arm) < 3:
         return float("nan")
     return float(np.mean((arm[2:] - 2 * arm[1:-1] + arm[:-2]) ** 2))
@@ -111,7 +118,7 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
                 length = int(np.ravel(final["episode"]["l"])[0])
                 out["success"][k] = float(final["success"])
                 out["len"][k] = length
-                out["jerk"][k] = mean_squared_jerk(np.array(executed[i][:length]))  # a chunk can outlast the episode
+                out["jerk"][k] = mean_squared_jerk(np.array(executed[i][:length]), control_mode)  # a chunk can outlast the episode
                 executed[i], episodes_done[i] = [], episodes_done[i] + 1
                 progress.update(1)
                 progress.set_postfix(success=f"{sum(out['success']) / sum(episodes_done):.2f}")
@@ -225,7 +232,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     if not (data_dir / "summary.json").exists() or json.loads((data_dir / "summary.json").read_text())["successes"] < budget.num_demos:
         times["demos"] = stage(f"1/4 demonstrations: {budget.num_demos} for {env_id}", [
             sys.executable, "-m", "pi_dec.demos", "--env-id", env_id, "--num-demos", budget.num_demos,
-            "--out", data_dir, "--num-procs", 2])
+            "--out", data_dir, "--num-procs", 2, *budget.demo_args])
     from pi_dec.demos.cli import demos_in_mode
     from pi_dec.run import atomic_write_text
 

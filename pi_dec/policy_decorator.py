@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
 from pi_dec.nets.sac import ResidualActor, SoftQNetwork, xavier_init_
+from pi_dec.suites import suite_for
 from pi_dec.run import Run, RunArgs, StepTimer, UsageError, cli_flag, run_episodes, setup_torch
 
 
@@ -245,7 +246,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     `base_cfg` is the base policy's run config (its args.json); it gives the control mode.
     """
     buffer_size = min(args.buffer_size or args.total_timesteps, args.total_timesteps)
-    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id)
     control_mode = base_cfg["control_mode"]
     resume = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
     run = Run(args, algo_name, script, path=Path(args.resume).parent.parent if resume else None,
@@ -504,8 +505,9 @@ def load_frozen_base(args: OnlineArgs, kind: str, overrides: dict | None = None)
 
     validate(args)
     _, run_args = read_checkpoint(args.base_policy_ckpt)  # clear errors before any env starts
-    control_mode = run_args.setdefault("control_mode", "pd_ee_delta_pose")
-    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json)
+    suite = suite_for(args.env_id)
+    control_mode = suite.control_mode(run_args.setdefault("control_mode", suite.default_control_mode))
+    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id)
     check_env(args.env_id, env_kwargs)
     device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
     obs_dim, act_dim = probe_dims(args.env_id, control_mode, env_kwargs)
@@ -515,13 +517,7 @@ def load_frozen_base(args: OnlineArgs, kind: str, overrides: dict | None = None)
 
 def probe_dims(env_id: str, control_mode: str, env_kwargs: dict) -> tuple[int, int]:
     """Observation and action dims of a task (from its spaces, without stepping)."""
-    import gymnasium as gym
-
-    from pi_dec.make_env import check_env_id
-
-    check_env_id(env_id)  # registers the tasks
-
-    env = gym.make(env_id, obs_mode="state", control_mode=control_mode, **env_kwargs)
+    env = suite_for(env_id).make(env_id, control_mode, "state", None, env_kwargs, None)
     dims = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
     return dims

@@ -23,6 +23,7 @@ import numpy as np
 from pi_dec.experiment import ROOT, Budget, run_experiment
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.run import atomic_write_text, cli_flag
+from pi_dec.suites import ADROIT_TASKS
 
 RESULTS = ROOT / "results"
 EVAL_SEEDS = list(range(100_000, 100_100))
@@ -81,6 +82,21 @@ BUDGETS = {
         online_args=without(with_flags(EARLIER_ONLINE, total_timesteps=60000, q_lr=1e-4, res_scale=0.05),
                             "critic_layer_norm")),
 }
+
+# Adroit (MuJoCo): 25 expert demos per task, as the paper's 25 human demos, executed with action noise (labels
+# stay the expert's). The U-Net's top level must be wider than the 24-30 action dims: at 32/64/128 the Door base
+# never learned (loss stuck near 0.5, no success). Online: the quickstart's CPU-budget SAC flags, with a
+# residual sized for absolute joint targets. Trials and numbers: results/NOTES.md, section "Adroit".
+ADROIT_DIFFUSION = Budget(
+    num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
+    offline_args=["--unet-dims", "128", "256", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "2000",
+                  "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
+    online_args=["--num-envs", "8", "--total-timesteps", "100000", "--learning-starts", "4000", "--batch-size", "256",
+                 "--res-scale", "0.1", "--prog-explore", "10000", "--no-autotune", "--sac-alpha", "0.01",
+                 "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "3e-5", "--utd", "0.5", "--critic-layer-norm",
+                 "--eval-freq", "10000", "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "2000",
+                 "--save-freq", "50000"])
+BUDGETS |= {(task, "diffusion"): ADROIT_DIFFUSION for task in ADROIT_TASKS}
 
 
 def machine() -> str:
@@ -184,8 +200,9 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
         lines.append("| (no runs yet) | | | | | | | | |")
     table = "\n".join(lines)
     notes = (f"Success: fraction of {len(EVAL_SEEDS)} evaluation episodes (the same seeds for base and refined "
-             "policy) that succeed; mean ± std over seeds. Jerk: mean squared second difference of the executed "
-             "arm actions (lower is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
+             "policy) that succeed; mean ± std over seeds. Jerk: mean squared jerk of the executed actions (second "
+             "difference of the arm's delta actions on ManiSkill2, third difference of Adroit's joint targets; lower "
+             "is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
              + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed>` with the "
              "budgets in `pi_dec/results.py`." + "".join(f"\n\n{e}" for e in earlier))
     (results / "README.md").write_text("# Results\n\n" + table + "\n\n" + notes + "\n\n" + _per_run(labelled))

@@ -17,11 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pi_dec.make_env import UnknownEnvError, finished_episodes
-
-
-class UsageError(ValueError):
-    """Flags or inputs that do not fit together (the message says how to fix them)."""
+from pi_dec.make_env import finished_episodes
+from pi_dec.suites import UnknownEnvError, UsageError  # noqa: F401  (UsageError: re-export)
 
 
 @dataclasses.dataclass

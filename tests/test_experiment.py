@@ -28,6 +28,15 @@ def test_jerk_matches_the_second_difference():
     assert math.isnan(mean_squared_jerk(a[:2]))  # too short to have a second difference
 
 
+def test_jerk_of_absolute_joint_targets_is_their_third_difference():
+    """pd_joint_pos (Adroit): positions, so a constant acceleration has zero jerk, on every joint."""
+    t = np.arange(8, dtype=float)[:, None]
+    assert mean_squared_jerk(np.hstack([t ** 2, 3 * t ** 2]), "pd_joint_pos") == pytest.approx(0.0, abs=1e-12)
+    cubic = np.hstack([t ** 3, 0 * t])  # third difference of t^3 is 6 on the first joint, 0 on the second
+    assert mean_squared_jerk(cubic, "pd_joint_pos") == pytest.approx(36 / 2)
+    assert math.isnan(mean_squared_jerk(cubic[:3], "pd_joint_pos"))
+
+
 def test_evaluation_results_follow_the_seeds_whatever_the_number_of_envs():
     def act(obs):  # deterministic and state-dependent: each seed's episode has its own actions
         return np.repeat(np.tanh(5 * obs[:, -1:, :7]), 4, axis=1)

@@ -49,9 +49,22 @@ def test_dp_windows_of_several_trajectories_do_not_mix():
     assert (act_seq[4, :, 0] >= 0).all() and act_seq[4, 0, 0] == 100  # starts from its own first action
 
 
-def test_dp_refuses_absolute_control_modes():
-    with pytest.raises(UsageError, match="pd_joint_pos.*delta mode"):
-        DP.pad_action_for("pd_joint_pos", 8)
+def test_dp_refuses_control_modes_without_a_stay_action():
+    with pytest.raises(UsageError, match="'pd_ee_pose'.*delta mode"):
+        DP.pad_action_for("pd_ee_pose", torch.ones(8))
+    with pytest.raises(UsageError, match="pd_joint_vel"):
+        DP.pad_action_for("pd_joint_vel", torch.ones(8))
+
+
+def test_dp_pads_absolute_joint_targets_with_the_last_action():
+    """Adroit's pd_joint_pos: "stay" is the last target again, every joint (not only a gripper)."""
+    last = torch.tensor([0.25, -0.5, 0.75])
+    torch.testing.assert_close(DP.pad_action_for("pd_joint_pos", last), last)
+    np.testing.assert_array_equal(DP.pad_action_for("pd_ee_delta_pose", last), [0, 0, 0.75])
+    np.testing.assert_array_equal(DP.pad_action_for("base_pd_joint_vel_arm_pd_joint_vel", last), [0, 0, 0.75])
+    data = DP.WindowDataset([toy_traj(5)], obs_horizon=2, pred_horizon=4, control_mode="pd_joint_pos", device="cpu")
+    _, act_seq = data.batch(torch.arange(len(data)))
+    np.testing.assert_array_equal(act_seq[-1, :, 0], [103, 104, 104, 104])
 
 
 def test_bet_windows_and_short_trajectories(capsys):
@@ -61,6 +74,14 @@ def test_bet_windows_and_short_trajectories(capsys):
     np.testing.assert_array_equal(obs_seq[:, :, 0], [[0, 1, 2], [1, 2, 3]])
     np.testing.assert_array_equal(act_seq[:, :, 0], [[100, 101, 102], [101, 102, 103]])
     assert "Skipped trajectory #1: 2 steps < context window 3" in capsys.readouterr().out
+
+
+def test_kmeans_sees_the_actions_of_short_trajectories_too():
+    trajs = [toy_traj(5), toy_traj(2)]
+    data = BET.WindowDataset(trajs, context_window=3, device="cpu")
+    actions = BET.all_actions(trajs)
+    assert len(actions) == 7 and len(data.act) == 5  # the 2-step demo trains nothing but is clustered
+    np.testing.assert_array_equal(actions[5:, 0], [100, 101])
 
 
 def test_kmeans_finds_separated_clusters():

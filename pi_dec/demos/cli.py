@@ -1,6 +1,8 @@
-"""Generate demonstrations by motion planning, in ManiSkill2's trajectory format (h5 + json).
+"""Generate demonstrations in ManiSkill2's trajectory format (h5 + json): by motion planning for the
+ManiSkill2 tasks, by rolling out the DAPG expert policies (--expert-dir) for the Adroit tasks.
 
     python -m pi_dec.demos --env-id PegInsertionSide-v2 --num-demos 1000 --out data/PegInsertionSide
+    python -m pi_dec.demos --env-id AdroitHandDoorSparse-v1 --num-demos 25 --out data/AdroitDoor
 
 Writes into --out:
   trajectory.h5 / .json                       the first control mode of --control-modes (what the
@@ -8,6 +10,7 @@ Writes into --out:
   trajectory.state.<mode>.h5 / .json          every other control mode
   trajectory.none.pd_joint_pos.h5 / .json     the raw planned demos (no observations)
   summary.json                                attempts, successes, conversion yield, lengths, time
+(Adroit: trajectory.h5/.json in pd_joint_pos, the only Adroit control mode, and summary.json.)
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class Args:
     control_modes: tuple[str, ...] | None = None
     """target control modes; the first becomes trajectory.h5 (default: pd_ee_delta_pose, and
     pd_ee_delta_pos first for StackCube-v0)"""
+    expert_dir: str = "../shared/adroit"
+    """Adroit: folder with the expert policies (<task>_expert.npz), kept outside this repository"""
+    action_noise: float = 0.0
+    """Adroit: std of Gaussian noise added to the executed actions (the recorded action stays the expert's)"""
+    extra_steps: int = 5
+    """Adroit: steps recorded after the first success"""
 
 
 RAW = "trajectory.none.pd_joint_pos.h5"
@@ -88,6 +97,12 @@ def _worker(job):
 
 
 def main(args: Args) -> dict:
+    from pi_dec.demos import adroit
+
+    if args.env_id in adroit.EXPERT_FILES:
+        out = Path(args.out or f"data/{args.env_id.split('-')[0].replace('Hand', '').replace('Sparse', '')}")
+        return adroit.generate(args.env_id, args.num_demos, out, args.seed, args.max_attempts or 2 * args.num_demos + 20,
+                               args.expert_dir, args.action_noise, args.extra_steps)
     if args.env_id not in SOLVERS:
         raise SystemExit(f"No scripted solver for {args.env_id!r}; available: {', '.join(SOLVERS)}")
     out = Path(args.out or f"data/{args.env_id.split('-')[0]}")
@@ -150,4 +165,7 @@ def main(args: Args) -> dict:
 
 
 def run() -> None:
-    main(tyro.cli(Args, description=__doc__))
+    from pi_dec.run import user_errors
+
+    with user_errors():
+        main(tyro.cli(Args, description=__doc__))
