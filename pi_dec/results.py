@@ -89,8 +89,8 @@ BUDGETS = {
 # residual sized for absolute joint targets. Trials and numbers: results/NOTES.md, section "Adroit".
 ADROIT_DIFFUSION = Budget(
     num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
-    offline_args=["--unet-dims", "128", "256", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "2000",
-                  "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
+    offline_args=["--unet-dims", "128", "256", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "10000",
+                  "--eval-freq", "0", "--save-freq", "2000", "--log-freq", "100", "--num-threads", "2"],
     online_args=["--num-envs", "8", "--total-timesteps", "100000", "--learning-starts", "4000", "--batch-size", "256",
                  "--res-scale", "0.1", "--prog-explore", "10000", "--no-autotune", "--sac-alpha", "0.01",
                  "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "3e-5", "--utd", "0.5", "--critic-layer-norm",
