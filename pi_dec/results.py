@@ -199,32 +199,38 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
 
     def stat(values, fmt="{:.2f}"):
         values = np.asarray(values, dtype=float)
-        return fmt.format(values.mean()) + (f" ± {fmt.format(values.std())}" if len(values) > 1 else "")
+        return fmt.format(values.mean()) + (f" ± {fmt.format(values.std(ddof=1))}" if len(values) > 1 else "")
 
-    lines = ["| task | base | seeds | online env steps | base success | Policy Decorator success | "
-             "jerk base | jerk refined | wall time / run |", "|---|---|---|---|---|---|---|---|---|"]
-    for (task, label), rs in labelled.items():
-        lines.append(f"| {task} | {label} | {len(rs)} | {rs[0]['online_env_steps']:,} | "
-                     f"{stat([r['success_base'] for r in rs])} | {stat([r['success_refined'] for r in rs])} | "
-                     f"{stat([r['jerk_base'] for r in rs], '{:.1e}')} | {stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
-                     f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min |")
-    if not groups:
-        lines.append("| (no runs yet) | | | | | | | | |")
-    table = "\n".join(lines)
+    def table(rows: dict) -> str:
+        lines = ["| task | base | seeds | online env steps | base success | Policy Decorator success | "
+                 "jerk base | jerk refined | wall time / run |", "|---|---|---|---|---|---|---|---|---|"]
+        for (task, label), rs in rows.items():
+            lines.append(f"| {task} | {label} | {len(rs)} | {rs[0]['online_env_steps']:,} | "
+                         f"{stat([r['success_base'] for r in rs])} | {stat([r['success_refined'] for r in rs])} | "
+                         f"{stat([r['jerk_base'] for r in rs], '{:.1e}')} | {stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
+                         f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min |")
+        if not rows:
+            lines.append("| (no runs yet) | | | | | | | | |")
+        return "\n".join(lines)
+
+    full = table(labelled)  # results/README.md: every budget; the README: the current ones only
+    current = table({k: rs for k, rs in labelled.items() if "(earlier" not in k[1]})
     notes = (f"Success: fraction of {len(EVAL_SEEDS)} evaluation episodes (the same seeds for base and refined "
-             "policy) that succeed; mean ± std over seeds. Jerk: mean squared jerk of the executed actions (second "
+             "policy) that succeed; mean ± sample standard deviation (ddof 1) over seeds. Jerk: mean squared jerk of the executed actions (second "
              "difference of the arm's delta actions on ManiSkill2, third difference of Adroit's joint targets; lower "
              "is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
              + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed>` with the "
-             "budgets in `pi_dec/results.py`." + "".join(f"\n\n{e}" for e in earlier))
-    (results / "README.md").write_text("# Results\n\n" + table + "\n\n" + notes + "\n\n" + _per_run(labelled))
+             "budgets in `pi_dec/results.py`.")
+    (results / "README.md").write_text("# Results\n\n" + full + "\n\n" + notes + "".join(f"\n\n{e}" for e in earlier)
+                                       + "\n\n" + _per_run(labelled))
     _plot(labelled, results / "success.png")
     text = readme.read_text()
-    block = f"<!-- results:start -->\n{table}\n\n{notes}\n<!-- results:end -->"
+    block = (f"<!-- results:start -->\n{current}\n\n{notes} Earlier settings and every run, seed by seed: "
+             "[results/README.md](results/README.md).\n<!-- results:end -->")
     text = re.sub(r"<!-- results:start -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
     readme.write_text(text)
-    print(table)
-    return table
+    print(full)
+    return full
 
 
 def _per_run(labelled: dict) -> str:

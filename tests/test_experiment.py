@@ -79,7 +79,7 @@ def test_report_aggregates_whatever_summaries_exist(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| PickCube-v0"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "2" and cells[3] == "128,000"
-    assert cells[4] == "0.55 ± 0.05" and cells[5] == "0.80 ± 0.10"
+    assert cells[4] == "0.55 ± 0.07" and cells[5] == "0.80 ± 0.14"  # sample std (ddof 1) of 0.5, 0.6 and 0.7, 0.9
     assert cells[8] == "30 min"
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and row in text
@@ -112,6 +112,9 @@ def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_pa
     notes = (results / "README.md").read_text()
     assert "online `--q-lr 0.001` (now 3e-4)" in notes and "pd_ee_delta_pos (now pd_ee_delta_pose)" in notes
     assert "online no `--critic-layer-norm` (now on)" in notes  # an on/off switch
+    block = readme.read_text()
+    assert "| diffusion | 1 |" in block and "earlier settings" not in block  # the README: current budgets only
+    assert "results/README.md" in block
 
 
 def test_a_rerun_with_another_budget_keeps_the_earlier_summary(tmp_path):
