@@ -87,14 +87,17 @@ BUDGETS = {
 # stay the expert's). The U-Net's top level must be wider than the 24-30 action dims: at 32/64/128 the Door base
 # never learned (loss stuck near 0.5, no success). Sampled with DDIM-4 (the online default) this base never
 # succeeds on Door, with DDIM-10 rarely, with DDPM-100 mostly: DDIM-10 gives the weak base the method is for.
-# Online: the quickstart's CPU-budget SAC flags, with a residual sized for absolute joint targets. Trials and numbers: results/NOTES.md, section "Adroit".
+# Online: the quickstart's CPU-budget SAC flags, with a residual sized for absolute joint targets; 16 envs and
+# two threads while collecting, since this base's sampling (not the MuJoCo envs) is what costs: ~155 ms per
+# decision at 8 envs on one thread. Trials and numbers: results/NOTES.md, section "Adroit".
 ADROIT_DIFFUSION = Budget(
     num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
     offline_args=["--unet-dims", "128", "256", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "3000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
-    online_args=["--ddim-steps", "10", "--num-envs", "8", "--total-timesteps", "100000", "--learning-starts", "4000",
-                 "--batch-size", "256", "--res-scale", "0.1", "--prog-explore", "10000", "--no-autotune", "--sac-alpha", "0.01",
-                 "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "3e-5", "--utd", "0.5", "--critic-layer-norm",
+    online_args=["--ddim-steps", "10", "--num-envs", "16", "--num-threads", "2", "--total-timesteps", "100000",
+                 "--learning-starts", "4000", "--batch-size", "256", "--res-scale", "0.1", "--prog-explore", "10000",
+                 "--no-autotune", "--sac-alpha", "0.01", "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "3e-5",
+                 "--critic-layer-norm",
                  "--eval-freq", "10000", "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "2000",
                  "--save-freq", "50000"])
 # BeT learns Adroit fast (Door 0.93 after 100 iterations): 100 iterations leave Hammer near 0.5. BeT decides
@@ -103,7 +106,8 @@ ADROIT_BET = Budget(
     num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
     offline_args=["--context-window", "10", "--n-embedding", "64", "--batch-size", "256", "--lr", "1e-3",
                   "--total-iters", "100", "--eval-freq", "0", "--save-freq", "0", "--log-freq", "50"],
-    online_args=["--num-envs", "8", "--total-timesteps", "160000", "--learning-starts", "4000", "--batch-size", "256",
+    online_args=["--num-envs", "16", "--num-threads", "2", "--total-timesteps", "160000", "--learning-starts", "4000",
+                 "--batch-size", "256",
                  "--res-scale", "0.1", "--prog-explore", "20000", "--no-autotune", "--sac-alpha", "0.01",
                  "--q-lr", "3e-4", "--policy-lr", "3e-5", "--critic-layer-norm", "--eval-freq", "16000",
                  "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "4000", "--save-freq", "80000"])
