@@ -22,7 +22,8 @@ from pi_dec.base_policies import BET_ALGO, BeTPolicy
 from pi_dec.demo_data import random_batches
 from pi_dec.make_env import check_env
 from pi_dec.suites import suite_for
-from pi_dec.run import Run, RunArgs, StepTimer, UsageError, offline_eval_envs, run_episodes, setup_torch, user_errors
+from pi_dec.run import (COUNT, OFFLINE_RULES, Run, RunArgs, StepTimer, UsageError, at_least, check_eval_episodes,
+                        check_numbers, offline_eval_envs, run_episodes, setup_torch, user_errors)
 
 
 @dataclass
@@ -66,6 +67,18 @@ class Args(RunArgs):
     control_mode: str | None = None
     """control mode; must match the demonstrations (default: pd_ee_delta_pose on ManiSkill2 tasks, Adroit's
     only mode pd_joint_pos on Adroit tasks)"""
+
+
+# What each numeric flag allows; check_args adds the combinations (main checks --n-clusters against the demos).
+RULES = OFFLINE_RULES | {"context_window": COUNT, "n_clusters": COUNT, "n_layers": COUNT, "n_heads": COUNT,
+                         "n_embedding": COUNT, "weight_decay": at_least(0)}
+
+
+def check_args(args: Args) -> None:
+    check_numbers(args, RULES)
+    check_eval_episodes(args)
+    if args.n_embedding % args.n_heads:  # each head gets an equal slice of the width
+        raise UsageError(f"--n-embedding {args.n_embedding}: must be a multiple of --n-heads ({args.n_heads}).")
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -137,13 +150,16 @@ def make_optimizer(policy: BeTPolicy, lr: float, weight_decay: float) -> torch.o
 
 # ------------------------------------------------------------------------------------------------ #
 def main(args: Args) -> Run:
-    assert args.num_eval_episodes % min(args.num_eval_envs, args.num_eval_episodes) == 0
+    check_args(args)
     suite = suite_for(args.env_id)  # ManiSkill2 or Adroit: env construction, control modes, demo files
     args.control_mode = suite.control_mode(args.control_mode)
     env_kwargs = suite.env_kwargs(args.obj_ids, args.asset_root, args.model_json)
     check_env(args.env_id, env_kwargs)
     device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
     trajs = suite.load_demos(args.demo_path, args.env_id, args.control_mode, args.num_demo_traj)
+    actions = all_actions(trajs)  # what k-means clusters
+    if len(actions) < args.n_clusters:
+        raise UsageError(f"--n-clusters {args.n_clusters}: must be at most the {len(actions)} demonstrated actions.")
     data = WindowDataset(trajs, args.context_window, device)
     obs_dim, act_dim = data.obs.shape[1], data.act.shape[1]
     print(f"{len(trajs)} demos, {len(data.obs)} transitions, {len(data)} windows")
@@ -152,7 +168,7 @@ def main(args: Args) -> Run:
     agent = BeTPolicy(obs_dim, act_dim, args.context_window, args.n_clusters, args.n_layers, args.n_heads,
                       args.n_embedding).to(device)
     optimizer = make_optimizer(agent, args.lr, args.weight_decay)
-    agent.net.fit_clusters(all_actions(trajs).to(device), iters=50)
+    agent.net.fit_clusters(actions.to(device), iters=50)
 
     eval_envs = offline_eval_envs(args, args.context_window, obs_dim, act_dim, run, env_kwargs, act_chunks=False)
 

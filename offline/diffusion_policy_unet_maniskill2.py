@@ -22,7 +22,8 @@ from pi_dec.base_policies import DP_ALGO, DiffusionPolicy
 from pi_dec.demo_data import random_batches
 from pi_dec.make_env import check_env
 from pi_dec.suites import suite_for
-from pi_dec.run import Run, RunArgs, StepTimer, UsageError, offline_eval_envs, run_episodes, setup_torch, user_errors
+from pi_dec.run import (COUNT, OFFLINE_RULES, Run, RunArgs, StepTimer, UsageError, check_eval_episodes, check_numbers,
+                        offline_eval_envs, run_episodes, setup_torch, user_errors)
 
 
 @dataclass
@@ -66,6 +67,29 @@ class Args(RunArgs):
     control_mode: str | None = None
     """control mode; must match the demonstrations (default: pd_ee_delta_pose on ManiSkill2 tasks, Adroit's
     only mode pd_joint_pos on Adroit tasks)"""
+
+
+# What each numeric flag allows; check_args adds the combinations.
+RULES = OFFLINE_RULES | {
+    "obs_horizon": COUNT, "act_horizon": COUNT, "pred_horizon": COUNT, "n_groups": COUNT,
+    "diffusion_step_embed_dim": ((lambda v: v >= 4 and v % 2 == 0), "an even number >= 4 (half sines, half cosines)"),
+    "unet_dims": ((lambda v: len(v) > 0 and min(v) >= 1), "one or more channel counts >= 1"),
+}
+
+
+def check_args(args: Args) -> None:
+    check_numbers(args, RULES)
+    check_eval_episodes(args)
+    if args.obs_horizon + args.act_horizon - 1 > args.pred_horizon:  # the executed chunk must be predicted
+        raise UsageError(f"--pred-horizon {args.pred_horizon}: must be at least --obs-horizon + --act-horizon - 1 "
+                         f"= {args.obs_horizon + args.act_horizon - 1}.")
+    halvings = len(args.unet_dims) - 1  # one per U-Net level after the first; the up path doubles back
+    if args.pred_horizon % 2**halvings:
+        raise UsageError(f"--pred-horizon {args.pred_horizon}: must be a multiple of {2**halvings} (the U-Net "
+                         f"halves it {halvings} times with {len(args.unet_dims)} --unet-dims levels).")
+    if any(d % args.n_groups for d in args.unet_dims) or args.unet_dims[0] % 8:
+        raise UsageError(f"--unet-dims {' '.join(map(str, args.unet_dims))}: must be multiples of --n-groups "
+                         f"({args.n_groups}), and the first of 8 (the final block's groups).")
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -131,8 +155,7 @@ class WindowDataset:
 
 # ------------------------------------------------------------------------------------------------ #
 def main(args: Args) -> Run:
-    assert args.obs_horizon + args.act_horizon - 1 <= args.pred_horizon, "need obs_horizon + act_horizon - 1 <= pred_horizon"
-    assert args.num_eval_episodes % min(args.num_eval_envs, args.num_eval_episodes) == 0
+    check_args(args)
     suite = suite_for(args.env_id)  # ManiSkill2 or Adroit: env construction, control modes, demo files
     args.control_mode = suite.control_mode(args.control_mode)
     env_kwargs = suite.env_kwargs(args.obj_ids, args.asset_root, args.model_json)

@@ -22,7 +22,7 @@ import tyro
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
 from pi_dec.base_policies import frozen_base_actions
-from pi_dec.policy_decorator import OnlineArgs, load_frozen_base, train
+from pi_dec.policy_decorator import ONLINE_RULES, OnlineArgs, load_frozen_base, train, validate
 from pi_dec.run import user_errors
 
 ALGO_NAME = "PolicyDecorator-BeT"
@@ -42,7 +42,11 @@ class Args(OnlineArgs):
     """steps until the residual is used in every env (H in the paper; tune per task)"""
 
 
+RULES = ONLINE_RULES  # what each numeric flag allows (this script adds none)
+
+
 def main(args: Args):
+    validate(args, RULES)
     base, cfg, device = load_frozen_base(args, "bet")
     # base_act: (N, context_window, obs_dim) -> (N, 1, act_dim); NOTE(original): dropout stays on
     base_act, obs_horizon, act_horizon = frozen_base_actions(base, "bet", cfg)

@@ -22,8 +22,8 @@ import tyro
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
 from pi_dec.base_policies import frozen_base_actions
-from pi_dec.policy_decorator import OnlineArgs, load_frozen_base, train
-from pi_dec.run import user_errors
+from pi_dec.policy_decorator import ONLINE_RULES, OnlineArgs, load_frozen_base, train, validate
+from pi_dec.run import COUNT, between, user_errors
 
 ALGO_NAME = "PolicyDecorator-DiffusionPolicy"
 
@@ -46,7 +46,12 @@ class Args(OnlineArgs):
     """actions executed per decision (overrides the base policy's)"""
 
 
+# What each numeric flag allows (--act-horizon is also checked against the base policy's horizons).
+RULES = ONLINE_RULES | {"ddim_steps": between(1, 100), "act_horizon": COUNT}  # 100: its training's DDPM steps
+
+
 def main(args: Args):
+    validate(args, RULES)
     # The frozen base: rebuilt from its args.json, sampled with DDIM, executing act_horizon actions.
     base, cfg, device = load_frozen_base(args, "diffusion", overrides={"act_horizon": args.act_horizon})
     # base_act: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim), one DDIM sample per decision

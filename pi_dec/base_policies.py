@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from pi_dec.nets.bet import GPT, BehaviorTransformer
 from pi_dec.nets.unet1d import ConditionalUnet1D
+from pi_dec.suites import UsageError
 
 DP_ALGO = "Offline-DiffusionPolicy-UNet"  # args.json "algo_name" of the offline scripts (as in the original)
 BET_ALGO = "Offline-BeT"
@@ -96,7 +97,33 @@ class BeTPolicy(nn.Module):
 # Loading a checkpoint back
 # --------------------------------------------------------------------------------------------- #
 class CheckpointError(ValueError):
-    """A base-policy checkpoint is missing, incomplete, or of the wrong kind."""
+    """A checkpoint is missing, unreadable, incomplete, or of the wrong kind."""
+
+
+def load_torch_file(path: Path):
+    """torch.load with weights_only=True (tensors and plain values only: a downloaded file cannot run code);
+    any failure (truncated, not a torch file, pickled objects) is a one-line CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (torch raises RuntimeError, EOFError, UnpicklingError, ...)
+        reason = " ".join(str(err).split()).split(". ")[0][:120]
+        if "Weights only load failed" in reason:
+            raise CheckpointError(f"{path} cannot be read as a checkpoint: it holds Python objects besides tensors and "
+                                  "plain values, which torch.load(weights_only=True) refuses (a file from an older "
+                                  "pi-dec, or not a checkpoint).") from None
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: truncated, or not written by torch.save "
+                              f"({type(err).__name__}: {reason}).") from None
+
+
+def read_run_args(path: Path) -> dict:
+    """A run's args.json, or a one-line CheckpointError naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} cannot be read as JSON ({err}).") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not the settings of a run.")
+    return value
 
 
 def policy_kind(state_dict: dict) -> str:
@@ -118,10 +145,10 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[dict, dict]:
     if not args_path.is_file():
         raise CheckpointError(f"{args_path} not found: a checkpoint must sit in <run>/checkpoints/ with the run's "
                               "args.json in <run>/ (the offline scripts and the official release use this layout).")
-    run_args = json.loads(args_path.read_text())
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    run_args = read_run_args(args_path)
+    ckpt = load_torch_file(ckpt_path)
     for key in ("ema_agent", "agent", "actor", "q"):
-        if isinstance(ckpt, dict) and key in ckpt:
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             return ckpt[key], run_args
     raise CheckpointError(f"{ckpt_path} has none of the keys ema_agent, agent, actor, q: not a policy checkpoint.")
 
@@ -140,7 +167,16 @@ def load_base_policy(ckpt_path: str | Path, kind: str, obs_dim: int, act_dim: in
         raise CheckpointError(f"{ckpt_path} is a {found} checkpoint, but this script expects a {kind} one: "
                               f"use {script[found]}.")
     cfg = {**run_args, **(overrides or {})}
+    needs = (("obs_horizon", "act_horizon", "pred_horizon", "diffusion_step_embed_dim", "unet_dims", "n_groups")
+             if kind == "diffusion" else ("context_window", "n_clusters", "n_layers", "n_heads", "n_embedding"))
+    if missing := [k for k in needs if k not in cfg]:
+        raise CheckpointError(f"{Path(ckpt_path).parent.parent / 'args.json'} lacks {', '.join(missing)}: "
+                              f"not the args.json of an offline {kind} run.")
     if kind == "diffusion":
+        most = cfg["pred_horizon"] - cfg["obs_horizon"] + 1  # the chunk must fit in the predicted sequence
+        if cfg["act_horizon"] > most:
+            raise UsageError(f"--act-horizon {cfg['act_horizon']}: must be at most {most} with this base policy "
+                             f"(its pred_horizon {cfg['pred_horizon']} - obs_horizon {cfg['obs_horizon']} + 1).")
         policy = DiffusionPolicy(obs_dim, act_dim, cfg["obs_horizon"], cfg["act_horizon"], cfg["pred_horizon"],
                                  cfg["diffusion_step_embed_dim"], cfg["unet_dims"], cfg["n_groups"])
     else:

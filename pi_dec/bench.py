@@ -240,7 +240,7 @@ def inference_latency(num_envs: int, threads: int, repeats: int = 20) -> dict:
     return result
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env-id", default="PegInsertionSide-v2")
     parser.add_argument("--num-envs", type=int, default=16, help="vector envs (the online scripts' default)")
@@ -255,8 +255,20 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["env", "online", "offline", "latency"])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--_offline", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    from pi_dec.run import default_threads
+    return parser
+
+
+# What each numeric flag allows (None: the default its help names).
+RULES = dict.fromkeys(("num_envs", "env_steps", "online_steps", "offline_iters", "threads", "update_threads",
+                       "hidden_dim"), ((lambda v: v >= 1), "at least 1"))
+
+
+def main() -> None:
+    from pi_dec.run import check_numbers, default_threads, user_errors
+
+    args = make_parser().parse_args()
+    with user_errors():
+        check_numbers(args, RULES)
 
     threads = args.threads or default_threads()
     if args._offline:

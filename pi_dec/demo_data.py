@@ -26,11 +26,13 @@ def _episodes(json_path: Path, h5_path: Path) -> tuple[dict, list]:
                             f"({h5_path.name} + {json_path.name}). {GENERATE_HINT}")
     try:
         meta = json.loads(json_path.read_text())
-    except json.JSONDecodeError as err:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DemoFileError(f"{json_path} is not valid JSON ({err}). {GENERATE_HINT}") from None
-    if not isinstance(meta, dict) or "env_info" not in meta or "episodes" not in meta:
+    if (not isinstance(meta, dict) or not isinstance(meta.get("env_info"), dict)
+            or not isinstance(meta.get("episodes"), list)
+            or not all(isinstance(ep, dict) and "episode_id" in ep for ep in meta["episodes"])):
         raise DemoFileError(f"{json_path} is not a ManiSkill2 trajectory JSON (needs 'env_info' and "
-                            f"'episodes'). {GENERATE_HINT}")
+                            f"'episodes' with their 'episode_id'). {GENERATE_HINT}")
     return meta["env_info"], meta["episodes"]
 
 
@@ -78,26 +80,34 @@ def load_demos(demo_path: str | Path, control_mode: str | None = None,
         h5 = h5py.File(h5_path, "r")
     except OSError as err:
         raise DemoFileError(f"{h5_path} is not an HDF5 file ({err}). {GENERATE_HINT}") from None
+    try:
+        with h5:
+            return _read_trajectories(h5, h5_path, ids)
+    except (OSError, RuntimeError, KeyError) as err:  # h5py's errors for damaged files
+        raise DemoFileError(f"{h5_path} is damaged ({err}). {GENERATE_HINT}") from None
+
+
+def _read_trajectories(h5: h5py.File, h5_path: Path, ids: list[int]) -> list[dict]:
+    """traj_<i>/{obs, actions} for each listed id, checked."""
     trajs = []
-    with h5:
-        for i in ids:
-            name = f"traj_{i}"
-            if name not in h5 or "actions" not in h5[name]:
-                raise DemoFileError(f"{h5_path} has no group {name} with 'actions', which its JSON lists: "
-                                    f"not a ManiSkill2 trajectory file, or the h5/json pair does not match.")
-            group = h5[name]
-            if "obs" not in group or not isinstance(group["obs"], h5py.Dataset):
-                kind = "image/dict observations" if "obs" in group else "no observations (obs_mode 'none')"
-                raise DemoFileError(
-                    f"{h5_path}:{name} has {kind}; the scripts need state observations. Convert with "
-                    f"`python -m mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} -o state "
-                    f"-c <control mode> --save-traj`.")
-            traj = as_trajectory(group["obs"], group["actions"], f"{h5_path}:{name}")
-            obs, actions = traj["obs"], traj["actions"]
-            if trajs and (obs.shape[1], actions.shape[1]) != (trajs[0]["obs"].shape[1], trajs[0]["actions"].shape[1]):
-                raise DemoFileError(f"{h5_path}:{name}: obs/action dims {obs.shape[1]}/{actions.shape[1]} differ "
-                                    f"from traj_{ids[0]}'s {trajs[0]['obs'].shape[1]}/{trajs[0]['actions'].shape[1]}.")
-            trajs.append({"obs": obs, "actions": actions})
+    for i in ids:
+        name = f"traj_{i}"
+        if name not in h5 or "actions" not in h5[name]:
+            raise DemoFileError(f"{h5_path} has no group {name} with 'actions', which its JSON lists: "
+                                f"not a ManiSkill2 trajectory file, or the h5/json pair does not match.")
+        group = h5[name]
+        if "obs" not in group or not isinstance(group["obs"], h5py.Dataset):
+            kind = "image/dict observations" if "obs" in group else "no observations (obs_mode 'none')"
+            raise DemoFileError(
+                f"{h5_path}:{name} has {kind}; the scripts need state observations. Convert with "
+                f"`python -m mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} -o state "
+                f"-c <control mode> --save-traj`.")
+        traj = as_trajectory(group["obs"], group["actions"], f"{h5_path}:{name}")
+        obs, actions = traj["obs"], traj["actions"]
+        if trajs and (obs.shape[1], actions.shape[1]) != (trajs[0]["obs"].shape[1], trajs[0]["actions"].shape[1]):
+            raise DemoFileError(f"{h5_path}:{name}: obs/action dims {obs.shape[1]}/{actions.shape[1]} differ "
+                                f"from traj_{ids[0]}'s {trajs[0]['obs'].shape[1]}/{trajs[0]['actions'].shape[1]}.")
+        trajs.append({"obs": obs, "actions": actions})
     return trajs
 
 

@@ -11,6 +11,7 @@ Default arguments behave exactly like the original repository's `envs/maniskill_
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import types
 from collections import OrderedDict
@@ -57,7 +58,7 @@ DEFAULT_ASSET_ROOT = "{ASSET_DIR}/partnet_mobility/dataset"
 
 
 class MissingAssetError(FileNotFoundError):
-    """A PartNet-Mobility model the env needs is not on disk."""
+    """A PartNet-Mobility model the env needs is not on disk, or its model json is missing or unreadable."""
 
 
 class PartNetMobilityModels:
@@ -73,8 +74,12 @@ class PartNetMobilityModels:
         return model_ids or list(cls.ONLINE_IDS)
 
     @classmethod
-    def check_assets(cls, model_ids=(), asset_root: str = DEFAULT_ASSET_ROOT, **_) -> None:
-        """Stop with one line naming the missing models and how to fetch them."""
+    def check_assets(cls, model_ids=(), asset_root: str = DEFAULT_ASSET_ROOT, model_json: str | None = None,
+                     **_) -> None:
+        """Stop with one line naming the missing models and how to fetch them, or what is wrong with the
+        model json (when one is given: the default one ships with ManiSkill2)."""
+        if model_json is not None:
+            cls.check_model_json(Path(format_path(model_json)), cls.resolve_model_ids(model_ids))
         root = Path(format_path(asset_root))
         missing = [m for m in cls.resolve_model_ids(model_ids)
                    if not any((root / m / name).exists() for name in cls.URDF_NAMES)]
@@ -85,6 +90,21 @@ class PartNetMobilityModels:
                 f"`python -m mani_skill2.utils.download_asset {cls.ASSET_UID}` and set MS2_ASSET_DIR to the "
                 f"folder that holds partnet_mobility/ (now: {format_path('{ASSET_DIR}')})."
             )
+
+    @staticmethod
+    def check_model_json(path: Path, model_ids: list) -> None:
+        try:
+            models = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise MissingAssetError(f"--model-json {path}: not found.") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise MissingAssetError(f"--model-json {path}: not readable as JSON ({err}).") from None
+        if not isinstance(models, dict):
+            raise MissingAssetError(f"--model-json {path}: not a PartNet-Mobility model json (an object keyed by "
+                                    "model id).")
+        if unknown := [m for m in model_ids if m not in models]:
+            raise MissingAssetError(f"--model-json {path} does not list the models {', '.join(unknown)}: pass the "
+                                    "json of these models (or other --obj-ids).")
 
 
 def preflight(env_id: str, env_kwargs: dict | None = None) -> None:
@@ -119,7 +139,7 @@ class TurnFaucetV2(PartNetMobilityModels, TurnFaucetEnv):
 
     def __init__(self, *args, model_ids=(), asset_root: str = DEFAULT_ASSET_ROOT, **kwargs):
         model_ids = self.resolve_model_ids(model_ids)
-        self.check_assets(model_ids, asset_root)
+        self.check_assets(model_ids, asset_root, kwargs.get("model_json"))
         super().__init__(*args, model_ids=model_ids, asset_root=asset_root, **kwargs)
 
     def _get_curr_target_link_pos(self):
@@ -153,7 +173,7 @@ class PushChairV2(PartNetMobilityModels, PushChairEnv):
 
     def __init__(self, *args, model_ids=(), asset_root: str = DEFAULT_ASSET_ROOT, **kwargs):
         model_ids = self.resolve_model_ids(model_ids)
-        self.check_assets(model_ids, asset_root)
+        self.check_assets(model_ids, asset_root, kwargs.get("model_json"))
         self._prev_actor_pose_dict = {}
         super().__init__(*args, model_ids=model_ids, asset_root=asset_root, **kwargs)
 

@@ -144,7 +144,7 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, overrides)
     base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, online_args.get("ddim_steps", 4))
     final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
-    ckpt = torch.load(final, map_location="cpu", weights_only=False)
+    ckpt = torch.load(final, map_location="cpu", weights_only=True)
     res_dim = horizon * act_dim
     actor_in = obs_dim + (res_dim if online_args["actor_input"] == "obs_base_action" else 0)
     actor = ResidualActor(actor_in, res_dim, online_args["log_std_min"], online_args.get("hidden_dim", 256))

@@ -110,8 +110,10 @@ def recorded_env_id(h5_path: Path, h5: h5py.File) -> str | None:
     if json_path.is_file():  # Minari >= 0.5
         try:
             meta = json.loads(json_path.read_text())
-        except json.JSONDecodeError as err:
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DemoFileError(f"{json_path} is not valid JSON ({err}): re-download the dataset.") from None
+        if not isinstance(meta, dict):
+            raise DemoFileError(f"{json_path} is not Minari metadata (a JSON object): re-download the dataset.")
     else:  # Minari <= 0.4: the same keys as root attributes
         meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
     spec = meta.get("env_spec")
@@ -164,7 +166,10 @@ def load_minari_demos(path: str | Path, env_id: str, num_traj: int | None = None
                 raise DemoFileError(f"{num_traj} trajectories asked for, but {h5_path} has only {len(ids)}: "
                                     f"lower --num-demo-traj to at most {len(ids)}.")
             ids = ids[:num_traj]
-        trajs = [read_episode(h5_path, h5[f"episode_{i}"]) for i in ids]
+        try:
+            trajs = [read_episode(h5_path, h5[f"episode_{i}"]) for i in ids]
+        except (OSError, RuntimeError, KeyError) as err:  # h5py's errors for damaged files
+            raise DemoFileError(f"{h5_path} is damaged ({err}): re-download the dataset.") from None
     dims = {(t["obs"].shape[1], t["actions"].shape[1]) for t in trajs}
     if len(dims) > 1:
         raise DemoFileError(f"{h5_path}: episodes differ in obs/action dims {sorted(dims)}: a damaged file, "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -31,9 +30,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
-from pi_dec.nets.sac import ResidualActor, SoftQNetwork, xavier_init_
+from pi_dec.nets.sac import LOG_STD_MAX, ResidualActor, SoftQNetwork, xavier_init_
 from pi_dec.suites import suite_for
-from pi_dec.run import Run, RunArgs, StepTimer, UsageError, cli_flag, run_episodes, setup_torch
+from pi_dec.run import (COUNT, POSITIVE, RUN_RULES, Run, RunArgs, StepTimer, UsageError, at_least, between,
+                        check_eval_episodes, check_numbers, cli_flag, rng_states, run_episodes, set_rng_states,
+                        setup_torch)
 
 
 @dataclass
@@ -196,18 +197,30 @@ class ReplayBuffer:
 # ------------------------------------------------------------------------------------------------ #
 # Training
 # ------------------------------------------------------------------------------------------------ #
-def validate(args: OnlineArgs) -> None:
+# What each numeric flag of OnlineArgs allows (the scripts add their own flags'): {field: (test, allowed)}.
+ONLINE_RULES = RUN_RULES | {
+    "total_timesteps": COUNT, "buffer_size": at_least(1, " (leave it out for --total-timesteps)"),
+    "gamma": between(0, 1), "tau": ((lambda v: 0 < v <= 1), "in (0, 1]"), "batch_size": COUNT,
+    "learning_starts": at_least(0), "policy_lr": POSITIVE, "q_lr": POSITIVE, "policy_frequency": COUNT,
+    "target_network_frequency": COUNT, "sac_alpha": at_least(0), "max_grad_norm": POSITIVE, "utd": POSITIVE,
+    "training_freq": COUNT, "res_scale": POSITIVE, "prog_explore": COUNT,
+    "log_std_min": ((lambda v: v < LOG_STD_MAX), f"less than {LOG_STD_MAX} (the actor's largest log std)"),
+    "hidden_dim": at_least(1, " (the original uses 256)"),
+    "update_threads": at_least(1, " (leave it out for all cores)"),
+    "eval_freq": at_least(0, " (0: no evaluation)"), "num_envs": COUNT, "num_eval_episodes": COUNT,
+    "num_eval_envs": COUNT, "log_freq": COUNT, "save_freq": at_least(0, " (0 or None: only at the end)"),
+}
+
+
+def validate(args: OnlineArgs, rules: dict = ONLINE_RULES) -> None:
+    """The flags, before anything starts: each numeric one in its range (`rules`), then combinations."""
+    check_numbers(args, rules)
     if args.training_freq % args.num_envs:
-        raise UsageError(f"--training-freq ({args.training_freq}) must be a multiple of --num-envs ({args.num_envs}).")
+        raise UsageError(f"--training-freq {args.training_freq}: must be a multiple of --num-envs ({args.num_envs}).")
     if not (args.training_freq * args.utd).is_integer():
-        raise UsageError(f"--training-freq x --utd must be a whole number of updates (got {args.training_freq * args.utd}).")
-    n_eval = min(args.num_eval_envs, args.num_eval_episodes)
-    if args.num_eval_episodes % n_eval:
-        raise UsageError("--num-eval-episodes must be a multiple of --num-eval-envs.")
-    if args.hidden_dim < 1:
-        raise UsageError(f"--hidden-dim must be at least 1 (got {args.hidden_dim}); the original uses 256.")
-    if args.update_threads is not None and args.update_threads < 1:
-        raise UsageError(f"--update-threads must be at least 1 (got {args.update_threads}); leave it out for all cores.")
+        raise UsageError(f"--utd {args.utd}: must make --training-freq x --utd a whole number of updates "
+                         f"(now {args.training_freq} x {args.utd} = {args.training_freq * args.utd}).")
+    check_eval_episodes(args)
 
 
 def check_resume_shapes(saved: dict, args: OnlineArgs) -> None:
@@ -218,6 +231,30 @@ def check_resume_shapes(saved: dict, args: OnlineArgs) -> None:
         if then != now:
             raise UsageError(f"--resume: the checkpoint's networks were built with {name}={then}, this run has "
                              f"{name}={now}; resume with the checkpoint's setting of {cli_flag(name)}.")
+
+
+RESUME_KEYS = ("res_actor", "qf1", "qf2", "qf1_online", "qf2_online", "q_optimizer", "actor_optimizer",
+               "alpha_optimizer", "log_sac_alpha", "global_step", "decisions", "updates", "learning_started", "rng",
+               "args")
+
+
+def read_resume(args: OnlineArgs) -> dict:
+    """The --resume checkpoint (read with weights_only=True), if it is an online checkpoint this run can continue."""
+    from pi_dec.base_policies import CheckpointError, load_torch_file
+
+    path = Path(args.resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {path}: not found (online runs write <run>/checkpoints/<step>.pt).")
+    ckpt = load_torch_file(path)
+    missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(RESUME_KEYS)
+    if missing:
+        raise CheckpointError(f"--resume {path}: not a checkpoint of an online run (it lacks {', '.join(missing[:5])}"
+                              f"{', ...' if len(missing) > 5 else ''}).")
+    if ckpt["args"].get("env_id") != args.env_id:
+        raise UsageError(f"--resume {path}: the checkpoint's run is on {ckpt['args'].get('env_id')}, this run on "
+                         f"{args.env_id}; pass --env-id {ckpt['args'].get('env_id')}.")
+    check_resume_shapes(ckpt["args"], args)
+    return ckpt
 
 
 @contextmanager
@@ -248,7 +285,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     buffer_size = min(args.buffer_size or args.total_timesteps, args.total_timesteps)
     env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id)
     control_mode = base_cfg["control_mode"]
-    resume = torch.load(args.resume, map_location=device, weights_only=False) if args.resume else None
+    resume = read_resume(args) if args.resume else None
     run = Run(args, algo_name, script, path=Path(args.resume).parent.parent if resume else None,
               extra={"base_policy": base_cfg, "act_horizon_executed": act_horizon})
 
@@ -293,25 +330,26 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     global_step = decisions = updates = 0
     learning_started = False
     if resume:
-        check_resume_shapes(resume["args"], args)
-        actor.load_state_dict(resume["res_actor"])
-        qf1_target.load_state_dict(resume["qf1"])
-        qf2_target.load_state_dict(resume["qf2"])
-        qf1.load_state_dict(resume["qf1_online"])
-        qf2.load_state_dict(resume["qf2_online"])
-        q_optimizer.load_state_dict(resume["q_optimizer"])
-        actor_optimizer.load_state_dict(resume["actor_optimizer"])
-        alpha_optimizer.load_state_dict(resume["alpha_optimizer"])
+        try:
+            actor.load_state_dict(resume["res_actor"])
+            qf1_target.load_state_dict(resume["qf1"])
+            qf2_target.load_state_dict(resume["qf2"])
+            qf1.load_state_dict(resume["qf1_online"])
+            qf2.load_state_dict(resume["qf2_online"])
+            q_optimizer.load_state_dict(resume["q_optimizer"])
+            actor_optimizer.load_state_dict(resume["actor_optimizer"])
+            alpha_optimizer.load_state_dict(resume["alpha_optimizer"])
+            if "buffer" in resume:
+                rb.load_state_dict(resume["buffer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # another base policy, act_horizon or buffer size
+            raise UsageError(f"--resume {args.resume}: its networks or buffer do not fit this run "
+                             f"({' '.join(str(err).split())[:300]}).") from None
         with torch.no_grad():
             log_alpha.copy_(resume["log_sac_alpha"])
         alpha = log_alpha.exp().detach() if args.autotune else alpha
         global_step, decisions, updates = resume["global_step"], resume["decisions"], resume["updates"]
         learning_started = resume["learning_started"]
-        if "buffer" in resume:
-            rb.load_state_dict(resume["buffer"])
-        random.setstate(resume["rng"]["python"])
-        np.random.set_state(resume["rng"]["numpy"])
-        torch.set_rng_state(resume["rng"]["torch"])
+        set_rng_states(resume["rng"])
         print(f"resumed {args.resume} at step {global_step} (buffer: {len(rb)} transitions)")
 
     def checkpoint() -> Path:
@@ -323,7 +361,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
             "q_optimizer": q_optimizer.state_dict(), "actor_optimizer": actor_optimizer.state_dict(),
             "alpha_optimizer": alpha_optimizer.state_dict(), "global_step": global_step, "decisions": decisions,
             "updates": updates, "learning_started": learning_started,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "rng": rng_states(),  # tensors and plain values, so that --resume loads with weights_only=True
             "args": dataclasses.asdict(args),
         }
         if args.save_buffer:
@@ -496,14 +534,13 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
 
 
 def load_frozen_base(args: OnlineArgs, kind: str, overrides: dict | None = None):
-    """Check the env, set up torch, rebuild the frozen base policy from its checkpoint.
+    """Check the env, set up torch, rebuild the frozen base policy from its checkpoint (after `validate`).
 
     Returns (policy, merged config, device); the config is the checkpoint's args.json with the
     online script's overrides, and tells control_mode and the horizons.
     """
     from pi_dec.base_policies import load_base_policy, read_checkpoint
 
-    validate(args)
     _, run_args = read_checkpoint(args.base_policy_ckpt)  # clear errors before any env starts
     suite = suite_for(args.env_id)
     control_mode = suite.control_mode(run_args.setdefault("control_mode", suite.default_control_mode))

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from pi_dec.experiment import ROOT, Budget, run_experiment
+from pi_dec.run import SEED, check_numbers, user_errors
 
 ENV_ID = "PickCube-v0"
 
@@ -69,13 +70,22 @@ def render_frame(env_id: str, out: Path) -> None:
     print(f"render device: {pi_dec.RENDER.mode} ({pi_dec.RENDER.reason}); wrote {out}")
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1",
                         help="a ~5-minute pipeline check (also QUICK=1); not a result")
     parser.add_argument("--seed", type=int, default=1, help="seed of the base training and the online run")
     parser.add_argument("--out", default="output/quickstart", help="folder for the run, plot, videos and summary")
-    args = parser.parse_args()
+    return parser
+
+
+RULES = {"seed": SEED}  # what each numeric flag allows
+
+
+def main() -> None:
+    args = make_parser().parse_args()
+    with user_errors():
+        check_numbers(args, RULES)
 
     budget = QUICK if args.quick else QUICKSTART
     out = ROOT / args.out / ("quick" if args.quick else "")

@@ -289,7 +289,15 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=1)
     sub.add_parser("report", help="rebuild results/README.md, results/success.png and the README section")
     args = parser.parse_args()
+    from pi_dec.run import SEED, UsageError, check_numbers, user_errors
+
     if args.cmd == "run":
+        with user_errors():
+            check_numbers(args, {"seed": SEED})
+            if (args.task, args.base) not in BUDGETS:
+                bases = sorted(b for t, b in BUDGETS if t == args.task)
+                raise UsageError(f"--base {args.base}: no budget for {args.task} with this base; use --base "
+                                 f"{' or '.join(bases)} (budgets: pi_dec/results.py).")
         run(args.task, args.base, args.seed)
         report()
     else:

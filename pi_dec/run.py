@@ -1,11 +1,12 @@
-"""Run plumbing shared by every script: output folder, args.json, tensorboard/wandb, seeding, device,
-atomic checkpoint writes, evaluation episodes, and a small step timer."""
+"""Run plumbing shared by every script: flag checks, output folder, args.json, tensorboard/wandb, seeding,
+device, atomic checkpoint writes, RNG states for checkpoints, evaluation episodes, and a small step timer."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import json
+import math
 import os
 import random
 import tempfile
@@ -61,6 +62,50 @@ def cli_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# ------------------------------------------------------------------------------------------------ #
+# Numeric flags: {field: (test, what is allowed)}, checked before anything starts. None passes: in the
+# flags typed `X | None` it means the default or "off", as their help says.
+# ------------------------------------------------------------------------------------------------ #
+def at_least(low: int, note: str = "") -> tuple:
+    return (lambda v: v >= low), f"at least {low}{note}"
+
+
+def between(low: float, high: float) -> tuple:
+    return (lambda v: low <= v <= high), f"between {low} and {high}"
+
+
+COUNT = at_least(1)
+POSITIVE = (lambda v: v > 0), "> 0"
+SEED = (lambda v: 0 <= v < 2**31), "between 0 and 2147483647"  # numpy wants < 2**32; envs add offsets
+
+RUN_RULES = {"seed": SEED, "num_threads": at_least(1, " (leave it out for half the cores)")}
+# The flags both offline scripts share.
+OFFLINE_RULES = RUN_RULES | {
+    "num_demo_traj": at_least(1, " (leave it out for all)"), "total_iters": COUNT, "batch_size": COUNT,
+    "lr": POSITIVE, "log_freq": COUNT, "eval_freq": at_least(0, " (0: no evaluation)"),
+    "save_freq": at_least(0, " (0 or None: only best.pt)"), "num_eval_episodes": COUNT, "num_eval_envs": COUNT,
+}
+
+
+def check_numbers(args, rules: dict) -> None:
+    """UsageError "--flag VALUE: must be <allowed>." for the first field of `args` that breaks its rule;
+    NaN and infinity never pass. A list flag passes if the test accepts the whole list."""
+    for name, (ok, allowed) in rules.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not (all(math.isfinite(v) for v in values) and ok(value)):
+            raise UsageError(f"{cli_flag(name)} {' '.join(map(str, values))}: must be {allowed}.")
+
+
+def check_eval_episodes(args) -> None:
+    """Each evaluation runs whole rounds of episodes on its envs."""
+    if args.num_eval_episodes % min(args.num_eval_envs, args.num_eval_episodes):
+        raise UsageError(f"--num-eval-episodes {args.num_eval_episodes}: must be a multiple of --num-eval-envs "
+                         f"({args.num_eval_envs}).")
+
+
 def default_threads() -> int:
     """Half the cores: on a shared 2-core machine one torch thread beat two by 1.3-2.9x (env workers
     and the data pipeline need the other core)."""
@@ -96,6 +141,23 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def rng_states() -> dict:
+    """The python, numpy and torch global RNG states as tensors and plain values, which a checkpoint
+    loaded with torch.load(weights_only=True) can hold (numpy's own state object is refused there)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "gauss": float(gauss)}}
+
+
+def set_rng_states(states: dict) -> None:
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(states["torch"])
 
 
 class Run:

@@ -138,6 +138,20 @@ def test_missing_expert_folder_is_one_line(tmp_path):
     assert "hammer_expert.npz not found: pass --expert-dir" in result.stderr
 
 
+def test_damaged_or_foreign_expert_is_one_line(tmp_path):
+    from pi_dec.demos.adroit import EXPERT_FILES, generate, load_expert
+
+    path = tmp_path / EXPERT_FILES["AdroitHandHammerSparse-v1"]
+    np.savez(path, layer_sizes=np.array([39, 8, 28]), W0=np.zeros((8, 39)), b0=np.zeros(8), W1=np.zeros((28, 8)),
+             b1=np.zeros(28), in_shift=np.zeros(39), in_scale=np.ones(39), out_shift=np.zeros(28), out_scale=np.ones(28))
+    with pytest.raises(UsageError, match="hammer_expert.npz maps 39 observations to 28 actions, "
+                                         "AdroitHandHammerSparse-v1 has 46 and 26: the expert of another task"):
+        generate("AdroitHandHammerSparse-v1", 1, tmp_path / "out", 0, 1, str(tmp_path), 0.0, 0)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(UsageError, match="hammer_expert.npz is not an expert policy .npz"):
+        load_expert("AdroitHandHammerSparse-v1", tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------ #
 # The four scripts on Door
 # ------------------------------------------------------------------------------------------------ #
@@ -173,7 +187,7 @@ def test_online_scripts_refine_an_adroit_base(adroit_bases, tmp_path, kind, scri
                "--num-eval-episodes", 1, "--num-eval-envs", 1, "--log-freq", 32, "--save-freq", 0,
                "--num-threads", 1)
     run = next(next((tmp_path / "AdroitHandDoorSparse-v1").iterdir()).iterdir())
-    saved = torch.load(run / "checkpoints" / f"{total}.pt", weights_only=False)
+    saved = torch.load(run / "checkpoints" / f"{total}.pt", weights_only=True)
     assert saved["updates"] > 0 and saved["global_step"] == total
     assert set(saved["buffer"]["rewards"].unique().tolist()) <= {-1.0, 0.0}  # success - 1
 

@@ -92,6 +92,12 @@ def test_not_a_maniskill_json(tmp_path):
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(DemoFileError, match="not valid JSON"):
         load_demos(path)
+    path.with_suffix(".json").write_bytes(bytes(range(128, 256)))  # binary, not even text
+    with pytest.raises(DemoFileError, match="not valid JSON"):
+        load_demos(path)
+    write_demo(path, json_data={"env_info": {}, "episodes": [{"elapsed_steps": 5}]})  # no episode_id
+    with pytest.raises(DemoFileError, match="not a ManiSkill2 trajectory JSON"):
+        load_demos(path)
 
 
 def test_not_an_hdf5_file(tmp_path):
@@ -115,3 +121,27 @@ def test_file_without_state_observations(tmp_path):
         del h5["traj_0/obs"]
     with pytest.raises(DemoFileError, match="no observations .*obs_mode 'none'.*-o state"):
         load_demos(path)
+
+
+def test_truncated_h5(tmp_path):
+    path = write_demo(tmp_path / "t.h5", lengths=(50, 60, 70), obs_dim=40)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(DemoFileError, match="t.h5 is not an HDF5 file .*truncated file"):
+        load_demos(path)
+
+
+def test_damaged_h5_is_one_error_wherever_the_damage_is(tmp_path):
+    """Bytes overwritten anywhere: either the data silently differs (HDF5 has no checksums here) or one
+    DemoFileError, never h5py's own RuntimeError/KeyError."""
+    errors = 0
+    for start in range(0, 38_000, 500):
+        path = write_demo(tmp_path / "t.h5", lengths=(50, 60, 70), obs_dim=40)
+        data = bytearray(path.read_bytes())
+        data[start:start + 200] = b"\xff" * 200
+        path.write_bytes(bytes(data))
+        try:
+            load_demos(path)
+        except DemoFileError as err:
+            assert "\n" not in str(err)
+            errors += 1
+    assert errors > 3

@@ -190,3 +190,22 @@ def test_missing_assets_stop_with_one_clear_line(tmp_path, env_id, cls, uid, ids
         preflight(env_id, {"asset_root": str(tmp_path)})
     with pytest.raises(MissingAssetError, match="9999"):
         gym.make(env_id, obs_mode="state", asset_root=str(tmp_path), model_ids=["9999"])
+
+
+@pytest.mark.parametrize("env_id, json_key", [("TurnFaucet-v2", "faucet_json"), ("PushChair-v2", "chair_json")])
+def test_a_bad_model_json_is_one_line(standins, tmp_path, env_id, json_key):
+    kwargs = {"asset_root": standins["asset_root"]}
+    preflight(env_id, {**kwargs, "model_json": standins[json_key]})  # the stand-ins pass
+    broken = tmp_path / "models.json"
+    for content, message in (
+            (None, "--model-json .*models.json: not found"),
+            ("{ not json", "--model-json .*models.json: not readable as JSON"),
+            ("[1, 2]", "--model-json .*models.json: not a PartNet-Mobility model json"),
+            ('{"1234": {}}', "--model-json .*models.json does not list the models .*pass the json of these models")):
+        if content is not None:
+            broken.write_text(content)
+        with pytest.raises(MissingAssetError, match=message) as err:
+            preflight(env_id, {**kwargs, "model_json": str(broken)})
+        assert "\n" not in str(err.value)
+    with pytest.raises(MissingAssetError, match="does not list the models"):  # the env checks too
+        gym.make(env_id, obs_mode="state", model_json=str(broken), **kwargs)

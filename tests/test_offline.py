@@ -212,3 +212,14 @@ def test_wrong_control_mode_is_a_clear_error(demos, tmp_path):
     assert result.returncode == 2 and "recorded with control mode 'pd_ee_delta_pos'" in result.stderr
     # pi_dec.demos wrote the same demos in the other mode next to it: the message points there
     assert f"--demo-path {stack_dir / 'trajectory.state.pd_ee_delta_pose.h5'}" in result.stderr
+
+
+def test_bet_needs_at_least_as_many_actions_as_clusters(tmp_path):
+    from test_demo_data import write_demo
+
+    demo = write_demo(tmp_path / "t.h5", lengths=(5, 6))
+    args = BET.Args(env_id="PickCube-v0", demo_path=str(demo), output_dir=str(tmp_path / "out"), context_window=2,
+                    n_clusters=12, batch_size=2, cuda=False)
+    with pytest.raises(UsageError, match="--n-clusters 12: must be at most the 11 demonstrated actions"):
+        BET.main(args)
+    assert not (tmp_path / "out").exists()  # stopped before making a run folder

@@ -157,9 +157,9 @@ def test_validation_errors():
         validate(OnlineArgs(num_envs=16, training_freq=40))
     with pytest.raises(ValueError, match="whole number of updates"):
         validate(OnlineArgs(num_envs=2, training_freq=2, utd=0.25))
-    with pytest.raises(ValueError, match="--hidden-dim must be at least 1"):
+    with pytest.raises(ValueError, match="--hidden-dim 0: must be at least 1"):
         validate(OnlineArgs(hidden_dim=0))
-    with pytest.raises(ValueError, match="--update-threads must be at least 1"):
+    with pytest.raises(ValueError, match="--update-threads 0: must be at least 1"):
         validate(OnlineArgs(update_threads=0))
 
 
@@ -204,6 +204,115 @@ def test_checkpoint_errors_are_clear(tmp_path):
         load_base_policy(ckpt, "bet", 50, 7)
 
 
+def cut_in_half(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_damaged_base_checkpoints_are_one_line(tmp_path):
+    from pi_dec.base_policies import DiffusionPolicy
+
+    ckpt = write_run(tmp_path, {"ema_agent": DiffusionPolicy(50, 7, 2, 8, 16).state_dict()}, DP_ARGS)
+    with pytest.raises(UsageError, match="--act-horizon 16: must be at most 15 with this base policy"):
+        load_base_policy(ckpt, "diffusion", 50, 7, overrides={"act_horizon": 16})
+    (tmp_path / "args.json").write_text(json.dumps({"context_window": 20, "control_mode": "pd_ee_delta_pose"}))
+    with pytest.raises(CheckpointError, match="args.json lacks obs_horizon, act_horizon, .*not the args.json of an offline diffusion run"):
+        load_base_policy(ckpt, "diffusion", 50, 7)
+    (tmp_path / "args.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match="args.json cannot be read as JSON"):
+        load_base_policy(ckpt, "diffusion", 50, 7)
+    (tmp_path / "args.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="args.json holds a JSON list, not the settings of a run"):
+        load_base_policy(ckpt, "diffusion", 50, 7)
+    (tmp_path / "args.json").write_text(json.dumps(DP_ARGS))
+    torch.save({"ema_agent": {"w": np.zeros(3)}}, ckpt)  # pickled objects: refused by weights_only=True
+    with pytest.raises(CheckpointError, match="best.pt cannot be read as a checkpoint: it holds Python objects"):
+        load_base_policy(ckpt, "diffusion", 50, 7)
+    ckpt.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="best.pt cannot be read as a checkpoint"):
+        load_base_policy(ckpt, "diffusion", 50, 7)
+    torch.save({"ema_agent": DiffusionPolicy(50, 7, 2, 8, 16).state_dict()}, ckpt)
+    cut_in_half(ckpt)
+    with pytest.raises(CheckpointError, match="best.pt cannot be read as a checkpoint") as err:
+        load_base_policy(ckpt, "diffusion", 50, 7)
+    assert "\n" not in str(err.value)
+
+
+def test_rng_states_survive_a_weights_only_load(tmp_path):
+    import random
+
+    from pi_dec.run import rng_states, set_rng_states
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    np.random.randn()  # numpy caches the second Gaussian of a pair: part of its state
+    torch.save({"rng": rng_states()}, tmp_path / "rng.pt")
+    expected = random.random(), np.random.randn(), np.random.rand(), torch.rand(3)
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    got = random.random(), np.random.randn(), np.random.rand(), torch.rand(3)
+    assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
+
+
+def online_checkpoint(**changes):
+    """What an online run's checkpoint holds, small (the keys --resume needs)."""
+    from pi_dec.run import rng_states
+
+    actor = ResidualActor(4, 2)
+    ckpt = {"res_actor": actor.state_dict(), "qf1": {}, "qf2": {}, "qf1_online": {}, "qf2_online": {},
+            "q_optimizer": {}, "actor_optimizer": {}, "alpha_optimizer": {}, "log_sac_alpha": torch.zeros(1),
+            "global_step": 32, "decisions": 16, "updates": 4, "learning_started": True, "rng": rng_states(),
+            "args": dataclasses.asdict(OnlineArgs())}
+    return ckpt | changes
+
+
+def test_resume_reads_only_online_checkpoints_of_this_task(tmp_path):
+    from pi_dec.policy_decorator import read_resume
+
+    path = tmp_path / "32.pt"
+    torch.save(online_checkpoint(), path)
+    assert read_resume(OnlineArgs(resume=str(path)))["global_step"] == 32
+    with pytest.raises(UsageError, match="the checkpoint's run is on PegInsertionSide-v2, this run on StackCube-v0; "
+                                         "pass --env-id PegInsertionSide-v2"):
+        read_resume(OnlineArgs(resume=str(path), env_id="StackCube-v0"))
+    with pytest.raises(CheckpointError, match="--resume .*nope.pt: not found"):
+        read_resume(OnlineArgs(resume=str(tmp_path / "nope.pt")))
+    torch.save({"ema_agent": ResidualActor(4, 2).state_dict()}, path)  # an offline checkpoint
+    with pytest.raises(CheckpointError, match="32.pt: not a checkpoint of an online run \\(it lacks res_actor, qf1"):
+        read_resume(OnlineArgs(resume=str(path)))
+    old = online_checkpoint(rng={"numpy": np.random.get_state()})  # as written before RNG states were tensors
+    torch.save(old, path)
+    with pytest.raises(CheckpointError, match="32.pt cannot be read as a checkpoint: it holds Python objects"):
+        read_resume(OnlineArgs(resume=str(path)))
+    torch.save(online_checkpoint(), path)
+    cut_in_half(path)
+    with pytest.raises(CheckpointError, match="32.pt cannot be read as a checkpoint"):
+        read_resume(OnlineArgs(resume=str(path)))
+
+
+def test_truncated_checkpoints_stop_the_script_with_one_line(tmp_path):
+    """--base-policy-ckpt and --resume cut in half: exit status 2 and one line, from the real script."""
+    from pi_dec.bench import make_base_checkpoint
+
+    base = make_base_checkpoint("diffusion", tmp_path / "base", 50, 7, "pd_ee_delta_pose")
+    broken = tmp_path / "broken" / "checkpoints" / "best.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(base.read_bytes()[:base.stat().st_size // 2])
+    (tmp_path / "broken" / "args.json").write_text((tmp_path / "base" / "args.json").read_text())
+    resume = tmp_path / "run" / "checkpoints" / "32.pt"
+    resume.parent.mkdir(parents=True)
+    torch.save(online_checkpoint(), resume)
+    cut_in_half(resume)
+    script = [sys.executable, str(ROOT / "online/pi_dec_diffusion_maniskill2.py"), "--output-dir", str(tmp_path / "out"),
+              "--num-envs", "2", "--training-freq", "8", "--num-eval-envs", "1", "--num-eval-episodes", "1", "--sync-venv"]
+    procs = [subprocess.Popen([*script, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for extra in (["--base-policy-ckpt", str(broken)], ["--base-policy-ckpt", str(base), "--resume", str(resume)])]
+    for proc, path in zip(procs, (broken, resume)):
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 2 and "Traceback" not in stderr, stderr[-2000:]
+        assert stderr.strip().splitlines()[-1].startswith(f"error: {path} cannot be read as a checkpoint"), stderr[-2000:]
+    assert not (tmp_path / "out").exists()  # stopped before a run folder was made
+
+
 # ------------------------------------------------------------------------------------------------ #
 # The scripts, end to end (base checkpoints written by the offline smoke runs)
 # ------------------------------------------------------------------------------------------------ #
@@ -230,7 +339,7 @@ def test_online_scripts_learn_evaluate_and_checkpoint(offline_runs, tmp_path, ki
                "--output-dir", tmp_path, "--critic-input", "concat", "--actor-input", "obs_base_action", *SMALL,
                *(["--critic-layer-norm"] if layer_norm else []))
     run = next(next((tmp_path / env_id).iterdir()).iterdir())
-    saved = torch.load(run / "checkpoints" / f"{total}.pt", weights_only=False)
+    saved = torch.load(run / "checkpoints" / f"{total}.pt", weights_only=True)  # as --resume reads it
     assert {"res_actor", "qf1", "qf2", "log_sac_alpha"} <= set(saved)
     assert saved["global_step"] == total and saved["updates"] > 0  # updates really ran
     assert saved["log_sac_alpha"].item() != 0.0  # the temperature moved
@@ -258,11 +367,11 @@ def test_resume_after_kill_continues_the_run(offline_runs, tmp_path):
     proc.wait()
     assert first is not None, "no checkpoint written"
     run = first.parent.parent
-    state = torch.load(first, weights_only=False)
+    state = torch.load(first, weights_only=True)
     assert state["global_step"] == 32 and len(state["buffer"]["rewards"]) == 32
     run_script("online/pi_dec_diffusion_maniskill2.py", "--env-id", "PegInsertionSide-v2", "--base-policy-ckpt",
                ckpt, "--total-timesteps", 64, "--output-dir", tmp_path, "--resume", first, *SMALL)
-    final = torch.load(run / "checkpoints" / "64.pt", weights_only=False)
+    final = torch.load(run / "checkpoints" / "64.pt", weights_only=True)
     assert final["global_step"] == 64 and final["decisions"] == 32
     assert len(final["buffer"]["rewards"]) == 64  # the restored buffer plus 32 new transitions
     assert len(list(tmp_path.glob("*/*/*"))) == 1  # same run folder

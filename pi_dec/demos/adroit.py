@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -56,7 +57,7 @@ def load_expert(env_id: str, expert_dir: str | Path) -> ExpertPolicy:
                          "use the Minari human demos instead (README, 'Adroit').")
     try:
         return ExpertPolicy(path)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UsageError(f"{path} is not an expert policy .npz ({err}).") from None
 
 
@@ -102,10 +103,13 @@ def write_trajectories(path: Path, env_id: str, episodes: list[dict]) -> None:
 def generate(env_id: str, num_demos: int, out: Path, seed: int, max_attempts: int, expert_dir: str,
              action_noise: float, extra_steps: int) -> dict:
     """Roll out the expert on seeds seed, seed+1, ... until `num_demos` successes; write out/trajectory.h5."""
-    if action_noise < 0 or extra_steps < 0:
-        raise UsageError(f"--action-noise ({action_noise}) and --extra-steps ({extra_steps}) must be >= 0.")
     expert = load_expert(env_id, expert_dir)
     env = AdroitSuite.make(env_id, None, "state", None, {}, None)
+    dims = expert.layers[0][0].shape[1], expert.layers[-1][0].shape[0]
+    if dims != (env.observation_space.shape[0], env.action_space.shape[0]):
+        raise UsageError(f"{Path(expert_dir) / EXPERT_FILES[env_id]} maps {dims[0]} observations to {dims[1]} actions, "
+                         f"{env_id} has {env.observation_space.shape[0]} and {env.action_space.shape[0]}: "
+                         "the expert of another task?")
     rng = np.random.default_rng(seed)
     start, episodes, failed = time.time(), [], []
     attempt = 0

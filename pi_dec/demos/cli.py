@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pi_dec.demo_data import mode_sibling
 from pi_dec.demos.generate import convert, episode_lengths, merge_shards, record_shard
 from pi_dec.demos.solvers import SOLVERS
-from pi_dec.run import atomic_write_text
+from pi_dec.run import COUNT, SEED, at_least, atomic_write_text, check_numbers
 
 # Control modes the README's commands train on: Diffusion Policy and BeT use pd_ee_delta_pose; the
 # StackCube BeT command uses pd_ee_delta_pos.
@@ -59,6 +59,11 @@ class Args:
     extra_steps: int = 5
     """Adroit: steps recorded after the first success"""
 
+
+# What each numeric flag allows.
+RULES = {"num_demos": COUNT, "seed": SEED, "num_procs": COUNT,
+         "max_attempts": at_least(1, " (leave it out for 2 x --num-demos + 20)"), "action_noise": at_least(0),
+         "extra_steps": at_least(0)}
 
 RAW = "trajectory.none.pd_joint_pos.h5"
 
@@ -99,6 +104,7 @@ def _worker(job):
 def main(args: Args) -> dict:
     from pi_dec.demos import adroit
 
+    check_numbers(args, RULES)
     if args.env_id in adroit.EXPERT_FILES:
         out = Path(args.out or f"data/{args.env_id.split('-')[0].replace('Hand', '').replace('Sparse', '')}")
         return adroit.generate(args.env_id, args.num_demos, out, args.seed, args.max_attempts or 2 * args.num_demos + 20,
