@@ -107,7 +107,7 @@ def _read_trajectories(h5: h5py.File, h5_path: Path, ids: list[int]) -> list[dic
         if trajs and (obs.shape[1], actions.shape[1]) != (trajs[0]["obs"].shape[1], trajs[0]["actions"].shape[1]):
             raise DemoFileError(f"{h5_path}:{name}: obs/action dims {obs.shape[1]}/{actions.shape[1]} differ "
                                 f"from traj_{ids[0]}'s {trajs[0]['obs'].shape[1]}/{trajs[0]['actions'].shape[1]}.")
-        trajs.append({"obs": obs, "actions": actions})
+        trajs.append(traj)
     return trajs
 
 

@@ -53,11 +53,6 @@ class SeedSchedule(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
 
-def check_env_id(env_id: str) -> None:
-    """Register the task's suite, then fail clearly on an unknown id."""
-    suite_for(env_id)
-
-
 def asset_kwargs(obj_ids: Sequence[str] = (), asset_root: str | None = None, model_json: str | None = None,
                  env_id: str | None = None) -> dict:
     """Env kwargs that pick PartNet-Mobility models (TurnFaucet/PushChair); empty means the defaults.

@@ -17,7 +17,6 @@ This module is imported by env worker processes: it must not import torch.
 from __future__ import annotations
 
 import difflib
-import warnings
 
 import gymnasium as gym
 
@@ -104,9 +103,7 @@ class AdroitSuite:
 
     @staticmethod
     def register() -> None:
-        with warnings.catch_warnings():  # a notice about the Dense-v1 rewards, which we do not use
-            warnings.simplefilter("ignore")
-            import gymnasium_robotics  # noqa: F401  (registers the Adroit envs)
+        import gymnasium_robotics  # noqa: F401  (registers the Adroit envs; its import-time notice: pi_dec/__init__.py)
 
     @staticmethod
     def control_mode(requested: str | None) -> str:

@@ -27,7 +27,6 @@ from pi_dec.suites import MAX_EPISODE_STEPS, AdroitSuite, UsageError
 
 EXPERT_FILES = {"AdroitHandDoorSparse-v1": "door_expert.npz", "AdroitHandHammerSparse-v1": "hammer_expert.npz",
                 "AdroitHandPenSparse-v1": "pen_expert.npz", "AdroitHandRelocateSparse-v1": "relocate_expert.npz"}
-DEFAULT_EXPERT_DIR = "../shared/adroit"
 
 
 class ExpertPolicy:

@@ -21,8 +21,7 @@ from pathlib import Path
 import gymnasium as gym
 
 import pi_dec  # noqa: F401  (Vulkan set-up before sapien)
-
-MAX_EPISODE_STEPS = 200  # every Policy Decorator task's time limit
+from pi_dec.suites import MAX_EPISODE_STEPS  # every Policy Decorator task's time limit
 
 
 def record_shard(env_id: str, out_dir: str, first_seed: int, stride: int, want: int, max_attempts: int,
