@@ -42,12 +42,15 @@ class Args(OnlineArgs):
     """steps until the residual is used in every env (H in the paper; tune per task)"""
     ddim_steps: int = 4
     """DDIM denoising steps of the base policy (it was trained with 100 DDPM steps)"""
+    ddpm_steps: int | None = None
+    """sample the base with stochastic DDPM in this many steps instead of DDIM (not in the original; README)"""
     act_horizon: int = 4
     """actions executed per decision (overrides the base policy's)"""
 
 
 # What each numeric flag allows (--act-horizon is also checked against the base policy's horizons).
-RULES = ONLINE_RULES | {"ddim_steps": between(1, 100), "act_horizon": COUNT}  # 100: its training's DDPM steps
+RULES = ONLINE_RULES | {"ddim_steps": between(1, 100), "ddpm_steps": between(1, 100),  # 100: its training's
+                        "act_horizon": COUNT}
 
 
 def main(args: Args):
@@ -55,7 +58,8 @@ def main(args: Args):
     # The frozen base: rebuilt from its args.json, sampled with DDIM, executing act_horizon actions.
     base, cfg, device = load_frozen_base(args, "diffusion", overrides={"act_horizon": args.act_horizon})
     # base_act: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim), one DDIM sample per decision
-    base_act, obs_horizon, act_horizon = frozen_base_actions(base, "diffusion", cfg, args.ddim_steps)
+    base_act, obs_horizon, act_horizon = frozen_base_actions(base, "diffusion", cfg, args.ddim_steps,
+                                                                 args.ddpm_steps)
     return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=act_horizon, obs_horizon=obs_horizon,
                  device=device)
 

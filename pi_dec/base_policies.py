@@ -40,6 +40,10 @@ class DiffusionPolicy(nn.Module):
         """Sample with DDIM in `steps` denoising steps (the online scripts use 4)."""
         self.noise_scheduler = make_scheduler("ddim", steps)
 
+    def use_ddpm(self, steps: int) -> None:
+        """Sample with DDPM (stochastic: fresh noise in each step) in `steps` of the 100 training steps."""
+        self.noise_scheduler = make_scheduler("ddpm", steps)
+
     def compute_loss(self, obs_seq: torch.Tensor, act_seq: torch.Tensor) -> torch.Tensor:
         # obs_seq: (B, obs_horizon, obs_dim), act_seq: (B, pred_horizon, act_dim)
         B = obs_seq.shape[0]
@@ -198,15 +202,15 @@ def load_base_policy(ckpt_path: str | Path, kind: str, obs_dim: int, act_dim: in
     return policy, cfg
 
 
-def frozen_base_actions(policy: nn.Module, kind: str, cfg: dict, ddim_steps: int = 4):
+def frozen_base_actions(policy: nn.Module, kind: str, cfg: dict, ddim_steps: int = 4, ddpm_steps: int | None = None):
     """The frozen base exactly as Policy Decorator runs it, online and in evaluations.
 
     Returns (act, obs_horizon, act_horizon) with act: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim).
-    Diffusion Policy: DDIM with `ddim_steps`, executing cfg["act_horizon"] actions per decision.
-    BeT: one action per decision.
+    Diffusion Policy: DDIM with `ddim_steps` (or DDPM with `ddpm_steps`, if given), executing
+    cfg["act_horizon"] actions per decision. BeT: one action per decision.
     """
     if kind == "diffusion":
-        policy.use_ddim(ddim_steps)
+        policy.use_ddim(ddim_steps) if ddpm_steps is None else policy.use_ddpm(ddpm_steps)
         return policy.get_action, cfg["obs_horizon"], cfg["act_horizon"]
     # NOTE(original): the frozen BeT keeps dropout on ("BeT performs better with dropout in our experiments").
     policy.train()

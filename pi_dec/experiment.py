@@ -127,6 +127,24 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     return out
 
 
+def decorated_policy(base_act, actor, res_scale: float, actor_input_mode: str):
+    """obs (N, window, obs_dim) -> executed chunks (N, H, A): the base alone (actor None), or base plus
+    res_scale times the actor's deterministic residual, as the online script evaluates it."""
+    import torch
+
+    from pi_dec.policy_decorator import actor_input, combine
+
+    @torch.no_grad()
+    def act(obs):
+        obs_t = torch.as_tensor(obs, dtype=torch.float32)
+        base_seq = base_act(obs_t)
+        if actor is None:
+            return base_seq.numpy()
+        res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1), actor_input_mode))
+        return combine(base_seq, res, res_scale).numpy()
+    return act
+
+
 def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, seeds: list[int],
                   video_root: Path | None) -> dict:
     """Base alone and base + residual (deterministic) on the same seeds."""
@@ -134,7 +152,7 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
 
     from pi_dec.base_policies import frozen_base_actions, load_base_policy
     from pi_dec.nets.sac import ResidualActor
-    from pi_dec.policy_decorator import combine, probe_dims
+    from pi_dec.policy_decorator import probe_dims
 
     online_args = json.loads((online_run / "args.json").read_text())
     base_cfg = online_args["base_policy"]
@@ -142,7 +160,8 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     obs_dim, act_dim = probe_dims(env_id, control_mode, {})
     overrides = {"act_horizon": online_args["act_horizon"]} if kind == "diffusion" else None
     base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, overrides)
-    base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, online_args.get("ddim_steps", 4))
+    base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, online_args.get("ddim_steps", 4),
+                                                         online_args.get("ddpm_steps"))
     final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
     ckpt = torch.load(final, map_location="cpu", weights_only=True)
     res_dim = horizon * act_dim
@@ -152,15 +171,8 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     actor.eval()
 
     def policy(with_residual: bool):
-        @torch.no_grad()
-        def act(obs):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32)
-            base_seq = base_act(obs_t)
-            if not with_residual:
-                return base_seq.numpy()
-            a_in = obs_t[:, -1] if online_args["actor_input"] == "obs" else torch.cat([obs_t[:, -1], base_seq.flatten(1)], 1)
-            return combine(base_seq, actor.get_eval_action(a_in), online_args["res_scale"]).numpy()
-        return act
+        return decorated_policy(base_act, actor if with_residual else None, online_args["res_scale"],
+                                online_args["actor_input"])
 
     policies = (("base", False), ("refined", True))
     results = {}

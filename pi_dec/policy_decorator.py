@@ -108,7 +108,7 @@ class OnlineArgs(RunArgs):
     save_freq: int | None = 1_000_000
     """checkpoint every N steps and at the end (None: only at the end)"""
     save_buffer: bool = True
-    """include the replay buffer in checkpoints (needed for an exact --resume)"""
+    """include the replay buffer in checkpoints (--resume then continues with the same data)"""
     resume: str | None = None
     """continue the run of this checkpoint, in its folder"""
 
@@ -119,6 +119,11 @@ class OnlineArgs(RunArgs):
 def exploration_prob(global_step: int, prog_explore: int) -> float:
     """Probability that an env uses the residual at this step: grows linearly to 1 over prog_explore."""
     return min(global_step / prog_explore, 1.0)
+
+
+def exploration_mask(num_envs: int, global_step: int, prog_explore: int) -> np.ndarray:
+    """Which envs use the residual this decision: each independently with probability exploration_prob."""
+    return np.random.rand(num_envs) < exploration_prob(global_step, prog_explore)
 
 
 def combine(base_seq: torch.Tensor, res: torch.Tensor, res_scale: float) -> torch.Tensor:
@@ -147,6 +152,77 @@ def bootstrap_masks(terminated: np.ndarray, truncated: np.ndarray, mode: str) ->
     if mode == "always":
         return np.zeros_like(done), done
     return terminated.copy(), truncated & ~terminated
+
+
+def actor_input(obs_last: torch.Tensor, base_flat: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """What the residual actor sees (--actor-input): the latest observation, or that and the base action."""
+    return obs_last if mode == "obs" else torch.cat([obs_last, base_flat], dim=1)
+
+
+def sac_update(args: OnlineArgs, updates: int, batch: tuple, res_dim: int, keep_base: bool, actor: ResidualActor,
+               critics: tuple, targets: tuple, q_optimizer, actor_optimizer, log_alpha: torch.Tensor,
+               alpha_optimizer, alpha: torch.Tensor, losses: dict) -> tuple[torch.Tensor, dict]:
+    """Update number `updates` on one sampled batch: the critics; every policy_frequency updates the actor
+    (and the temperature, if autotuned); every target_network_frequency updates the target critics.
+
+    Returns the temperature to use next and `losses` updated with this update's values (for logging).
+    """
+    (qf1, qf2), (qf1_target, qf2_target) = critics, targets
+    b_obs, b_next_obs, b_act, b_rew, b_stop = batch
+    b_res = b_act[:, :res_dim]
+    b_base = b_act[:, res_dim:2 * res_dim] if keep_base else None
+    b_base_next = b_act[:, 2 * res_dim:] if keep_base else None
+
+    # ALGO LOGIC: critic: clipped double-Q target with the next residual from the actor
+    with torch.no_grad():
+        next_res, next_log_pi, _ = actor.get_action(actor_input(b_next_obs, b_base_next, args.actor_input))
+        next_a = critic_action(next_res, b_base_next, args.res_scale, args.critic_input)
+        min_q_next = torch.min(qf1_target(b_next_obs, next_a), qf2_target(b_next_obs, next_a))
+        min_q_next = min_q_next - alpha * next_log_pi
+        target_q = b_rew + (1 - b_stop) * args.gamma * min_q_next.view(-1)
+    cur_a = critic_action(b_res, b_base, args.res_scale, args.critic_input)
+    qf1_values, qf2_values = qf1(b_obs, cur_a).view(-1), qf2(b_obs, cur_a).view(-1)
+    qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
+    q_optimizer.zero_grad()
+    (qf1_loss + qf2_loss).backward()
+    qf1_grad = nn.utils.clip_grad_norm_(qf1.parameters(), args.max_grad_norm)
+    qf2_grad = nn.utils.clip_grad_norm_(qf2.parameters(), args.max_grad_norm)
+    q_optimizer.step()
+    losses = losses | {"qf1_values": qf1_values.mean(), "qf2_values": qf2_values.mean(), "qf1_loss": qf1_loss,
+                       "qf2_loss": qf2_loss, "qf_loss": (qf1_loss + qf2_loss) / 2, "qf1_grad_norm": qf1_grad,
+                       "qf2_grad_norm": qf2_grad}
+
+    # ALGO LOGIC: actor: maximize min Q of the decorated action minus the entropy cost
+    if updates % args.policy_frequency == 0:
+        a_in = actor_input(b_obs, b_base, args.actor_input)
+        pi, log_pi, _ = actor.get_action(a_in)
+        pi_a = critic_action(pi, b_base, args.res_scale, args.critic_input)
+        with frozen(qf1, qf2):  # the critics' weight gradients would be discarded: skip them
+            actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi_a), qf2(b_obs, pi_a))).mean()
+            actor_optimizer.zero_grad()
+            actor_loss.backward()
+        losses["actor_grad_norm"] = nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+        actor_optimizer.step()
+        losses["actor_loss"] = actor_loss
+        if args.autotune:
+            with torch.no_grad():
+                _, log_pi, _ = actor.get_action(a_in)
+            target_entropy = -float(res_dim)
+            # NOTE(original): the loss uses log_alpha, not alpha (as in softlearning).
+            alpha_loss = (-log_alpha * (log_pi + target_entropy)).mean()
+            alpha_optimizer.zero_grad()
+            alpha_loss.backward()
+            alpha_optimizer.step()
+            alpha = log_alpha.exp().detach()
+            losses["sac_alpha_loss"] = alpha_loss
+
+    # ALGO LOGIC: Polyak averaging of the target critics
+    if updates % args.target_network_frequency == 0:
+        with torch.no_grad():
+            for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
+                for p, tp in zip(net.parameters(), target.parameters()):
+                    tp.mul_(1 - args.tau).add_(args.tau * p)
+    return alpha, losses | {"sac_alpha": alpha}
 
 
 class ReplayBuffer:
@@ -315,7 +391,6 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     qf2_target.load_state_dict(qf2.state_dict())
     q_optimizer = torch.optim.Adam(list(qf1.parameters()) + list(qf2.parameters()), lr=args.q_lr, fused=True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
-    target_entropy = -float(res_dim)
     # NOTE(original): autotuning starts at alpha = 1; on short CPU budgets its entropy bonus outweighs the
     # -1 per-step reward (README, "Quickstart"), where --no-autotune --sac-alpha 0.01 is used instead.
     log_alpha = torch.zeros(1, device=device, requires_grad=True)
@@ -324,11 +399,9 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
     keep_base = args.critic_input != "res" or args.actor_input == "obs_base_action"
     rb = ReplayBuffer(buffer_size, obs_dim, res_dim, keep_base, device)
 
-    def actor_input(obs_last, base_flat):
-        return obs_last if args.actor_input == "obs" else torch.cat([obs_last, base_flat], dim=1)
-
     global_step = decisions = updates = 0
     learning_started = False
+    losses = {}  # the latest update's values, for logging
     if resume:
         try:
             actor.load_state_dict(resume["res_actor"])
@@ -375,7 +448,8 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
             base_seq = base_act(obs_t)
             with torch.no_grad():
-                res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1)))  # deterministic
+                # deterministic: tanh of the mean
+                res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1), args.actor_input))
             return combine(base_seq, res, args.res_scale).cpu().numpy()
 
         result = run_episodes(args.num_eval_episodes, act, eval_envs)
@@ -400,14 +474,13 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
             global_step += args.num_envs
             decisions += 1
             # ALGO LOGIC: progressive exploration: each env uses the residual with probability p
-            use_res = torch.as_tensor(np.random.rand(args.num_envs) < exploration_prob(global_step, args.prog_explore),
-                                      device=device)
+            use_res = torch.as_tensor(exploration_mask(args.num_envs, global_step, args.prog_explore), device=device)
             base_flat = base_seq.flatten(1)
             if not learning_started:  # before the first update the residual is uniform in [-1, 1]
                 res = torch.rand(args.num_envs, res_dim, device=device) * 2 - 1
             else:
                 with torch.no_grad():
-                    res, _, _ = actor.get_action(actor_input(obs_t[:, -1], base_flat))
+                    res, _, _ = actor.get_action(actor_input(obs_t[:, -1], base_flat, args.actor_input))
             res = res * use_res[:, None]  # a residual of 0: the base policy acts alone
             action_seq = combine(base_seq, res, args.res_scale)  # ALGO LOGIC: base + res_scale * residual
             timer.lap("collect/policy")
@@ -450,52 +523,9 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
             torch.set_num_threads(update_threads)
             for _ in range(updates_per_round):
                 updates += 1
-                b_obs, b_next_obs, b_act, b_rew, b_stop = rb.sample(args.batch_size)
-                b_res = b_act[:, :res_dim]
-                b_base = b_act[:, res_dim:2 * res_dim] if keep_base else None
-                b_base_next = b_act[:, 2 * res_dim:] if keep_base else None
-
-                # ALGO LOGIC: critic: clipped double-Q target with the next residual from the actor
-                with torch.no_grad():
-                    next_res, next_log_pi, _ = actor.get_action(actor_input(b_next_obs, b_base_next))
-                    next_a = critic_action(next_res, b_base_next, args.res_scale, args.critic_input)
-                    min_q_next = torch.min(qf1_target(b_next_obs, next_a), qf2_target(b_next_obs, next_a))
-                    min_q_next = min_q_next - alpha * next_log_pi
-                    target_q = b_rew + (1 - b_stop) * args.gamma * min_q_next.view(-1)
-                cur_a = critic_action(b_res, b_base, args.res_scale, args.critic_input)
-                qf1_values, qf2_values = qf1(b_obs, cur_a).view(-1), qf2(b_obs, cur_a).view(-1)
-                qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
-                q_optimizer.zero_grad()
-                (qf1_loss + qf2_loss).backward()
-                qf1_grad = nn.utils.clip_grad_norm_(qf1.parameters(), args.max_grad_norm)
-                qf2_grad = nn.utils.clip_grad_norm_(qf2.parameters(), args.max_grad_norm)
-                q_optimizer.step()
-
-                # ALGO LOGIC: actor: maximize min Q of the decorated action minus the entropy cost
-                if updates % args.policy_frequency == 0:
-                    a_in = actor_input(b_obs, b_base)
-                    pi, log_pi, _ = actor.get_action(a_in)
-                    pi_a = critic_action(pi, b_base, args.res_scale, args.critic_input)
-                    with frozen(qf1, qf2):  # the critics' weight gradients would be discarded: skip them
-                        actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi_a), qf2(b_obs, pi_a))).mean()
-                        actor_optimizer.zero_grad()
-                        actor_loss.backward()
-                    actor_grad = nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
-                    actor_optimizer.step()
-                    if args.autotune:
-                        with torch.no_grad():
-                            _, log_pi, _ = actor.get_action(a_in)
-                        # NOTE(original): the loss uses log_alpha, not alpha (as in softlearning).
-                        alpha_loss = (-log_alpha * (log_pi + target_entropy)).mean()
-                        alpha_optimizer.zero_grad()
-                        alpha_loss.backward()
-                        alpha_optimizer.step()
-                        alpha = log_alpha.exp().detach()
-                if updates % args.target_network_frequency == 0:
-                    with torch.no_grad():
-                        for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
-                            for p, tp in zip(net.parameters(), target.parameters()):
-                                tp.mul_(1 - args.tau).add_(args.tau * p)
+                alpha, losses = sac_update(args, updates, rb.sample(args.batch_size), res_dim, keep_base, actor,
+                                           (qf1, qf2), (qf1_target, qf2_target), q_optimizer, actor_optimizer,
+                                           log_alpha, alpha_optimizer, alpha, losses)
             torch.set_num_threads(collect_threads)
             timer.lap("update")
 
@@ -511,13 +541,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
                         "time/wall_seconds": time.time() - run.start_time, **timer.scalars("time/seconds_"),
                         "charts/exploration_prob": exploration_prob(global_step, args.prog_explore)}
             if learning_started:
-                scalars |= {"losses/qf1_values": qf1_values.mean(), "losses/qf2_values": qf2_values.mean(),
-                            "losses/qf1_loss": qf1_loss, "losses/qf2_loss": qf2_loss,
-                            "losses/qf_loss": (qf1_loss + qf2_loss) / 2, "losses/actor_loss": actor_loss,
-                            "losses/sac_alpha": alpha, "losses/qf1_grad_norm": qf1_grad,
-                            "losses/qf2_grad_norm": qf2_grad, "losses/actor_grad_norm": actor_grad}
-                if args.autotune:
-                    scalars["losses/sac_alpha_loss"] = alpha_loss
+                scalars |= {f"losses/{k}": v for k, v in losses.items()}
             run.log({k: v.item() if torch.is_tensor(v) else v for k, v in scalars.items()}, global_step)
             if "train/success" in scalars:
                 progress.set_postfix(success=f"{scalars['train/success']:.2f}")

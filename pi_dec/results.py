@@ -85,8 +85,9 @@ BUDGETS = {
 
 # Adroit (MuJoCo): 25 expert demos per task, as the paper's 25 human demos, executed with action noise (labels
 # stay the expert's). The U-Net's top level must be wider than the 24-30 action dims: at 32/64/128 the Door base
-# never learned (loss stuck near 0.5, no success). Sampled with DDIM-4 (the online default) this base never
-# succeeds on Door, with DDIM-10 rarely, with DDPM-100 mostly: DDIM-10 gives the weak base the method is for.
+# never learned (loss stuck near 0.5, no success). Deterministic DDIM (the online default, 4 steps) never opens
+# the door with this base, DDIM-10 rarely (0.06); stochastic DDPM does: 4 steps 0.10, 6 steps 0.58, 10 steps
+# 0.78, 100 steps 0.84. DDPM-6 (--ddpm-steps, an added flag) gives a base in the paper's range, cheaper than DDIM-10.
 # Online: the quickstart's CPU-budget SAC flags, with a residual sized for absolute joint targets; 16 envs and
 # two threads while collecting, since this base's sampling (not the MuJoCo envs) is what costs: ~155 ms per
 # decision at 8 envs on one thread. Trials and numbers: results/NOTES.md, section "Adroit".
@@ -94,7 +95,7 @@ ADROIT_DIFFUSION = Budget(
     num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
     offline_args=["--unet-dims", "128", "256", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "3000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
-    online_args=["--ddim-steps", "10", "--num-envs", "16", "--num-threads", "2", "--total-timesteps", "100000",
+    online_args=["--ddpm-steps", "6", "--num-envs", "16", "--num-threads", "2", "--total-timesteps", "100000",
                  "--learning-starts", "4000", "--batch-size", "256", "--res-scale", "0.1", "--prog-explore", "10000",
                  "--no-autotune", "--sac-alpha", "0.01", "--gamma", "0.9", "--q-lr", "3e-4", "--policy-lr", "3e-5",
                  "--critic-layer-norm",
@@ -207,20 +208,26 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
 
     def table(rows: dict) -> str:
         lines = ["| task | base | seeds | online env steps | base success | Policy Decorator success | "
-                 "jerk base | jerk refined | wall time / run |", "|---|---|---|---|---|---|---|---|---|"]
+                 "episode length | jerk base | jerk refined | wall time / run |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for (task, label), rs in rows.items():
+            known = [r for r in rs if "len_base" in r]  # summaries before 2026-12 lack the episode length
+            length = (f"{stat([r['len_base'] for r in known], '{:.0f}')} → "
+                      f"{stat([r['len_refined'] for r in known], '{:.0f}')}" if known else "?")
             lines.append(f"| {task} | {label} | {len(rs)} | {rs[0]['online_env_steps']:,} | "
                          f"{stat([r['success_base'] for r in rs])} | {stat([r['success_refined'] for r in rs])} | "
-                         f"{stat([r['jerk_base'] for r in rs], '{:.1e}')} | {stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
+                         f"{length} | {stat([r['jerk_base'] for r in rs], '{:.1e}')} | "
+                         f"{stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
                          f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min |")
         if not rows:
-            lines.append("| (no runs yet) | | | | | | | | |")
+            lines.append("| (no runs yet) | | | | | | | | | |")
         return "\n".join(lines)
 
     full = table(labelled)  # results/README.md: every budget; the README: the current ones only
     current = table({k: rs for k, rs in labelled.items() if "(earlier" not in k[1]})
     notes = (f"Success: fraction of {len(EVAL_SEEDS)} evaluation episodes (the same seeds for base and refined "
-             "policy) that succeed; mean ± sample standard deviation (ddof 1) over seeds. Jerk: mean squared jerk of the executed actions (second "
+             "policy) that succeed; mean ± sample standard deviation (ddof 1) over seeds. Episode length: steps, base → "
+             "refined (200 = the time limit). Jerk: mean squared jerk of the executed actions (second "
              "difference of the arm's delta actions on ManiSkill2, third difference of Adroit's joint targets; lower "
              "is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
              + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed>` with the "

@@ -5,6 +5,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from pi_dec.demo_data import DemoFileError, load_demos
 
@@ -145,3 +146,19 @@ def test_damaged_h5_is_one_error_wherever_the_damage_is(tmp_path):
             assert "\n" not in str(err)
             errors += 1
     assert errors > 3
+
+
+def test_random_batches_drop_the_incomplete_batch_and_reshuffle_each_epoch():
+    from pi_dec.demo_data import random_batches
+
+    torch.manual_seed(0)
+    batches = random_batches(10, 4, "cpu")
+    epochs = [[next(batches) for _ in range(2)] for _ in range(3)]  # 10 // 4 = 2 full batches per epoch
+    for epoch in epochs:
+        seen = torch.cat(epoch)
+        assert all(len(b) == 4 for b in epoch) and len(set(seen.tolist())) == 8  # no index twice in an epoch
+        assert seen.min() >= 0 and seen.max() <= 9
+    orders = {tuple(torch.cat(e).tolist()) for e in epochs}
+    assert len(orders) == 3  # a fresh permutation per epoch
+    with pytest.raises(DemoFileError, match="--batch-size 11 is larger than the 10 training windows"):
+        next(random_batches(10, 11, "cpu"))

@@ -46,6 +46,8 @@ def place_peg_head(env, depth):
 
 @pytest.mark.parametrize("depth, inserted_v0, inserted_v2", [
     (-0.05, False, False),  # in front of the hole
+    (-0.0151, False, False),  # just outside the lower bound both versions share (-0.015)
+    (-0.0149, True, True),  # just inside it
     (0.0, True, True),      # at the entrance
     (0.05, True, True),     # inside
     (0.074, True, True),    # just inside the new limit (0.075)

@@ -50,6 +50,28 @@ def test_evaluation_results_follow_the_seeds_whatever_the_number_of_envs():
     assert len(set(one["jerk"])) == 3  # the seeds really gave different episodes
 
 
+def test_refined_policy_adds_the_scaled_deterministic_residual():
+    """What the evaluation runs: refined - base == res_scale * tanh(mean of the actor), at most res_scale."""
+    import torch
+
+    from pi_dec.experiment import decorated_policy
+    from pi_dec.nets.sac import ResidualActor
+
+    torch.manual_seed(0)
+    obs = np.random.default_rng(0).normal(size=(3, 2, 5)).astype(np.float32)  # (N, window, obs_dim)
+    base_act = lambda o: torch.ones(o.shape[0], 4, 2) * 0.5  # noqa: E731  (a fixed chunk: H = 4, A = 2)
+    actor = ResidualActor(5 + 8, 8, hidden=16)  # sees the observation and the base chunk
+    torch.nn.init.normal_(actor.fc_mean.weight, std=1.0)  # a residual far from 0, some dims saturated
+    base = decorated_policy(base_act, None, 0.1, "obs_base_action")(obs)
+    refined = decorated_policy(base_act, actor, 0.1, "obs_base_action")(obs)
+    with torch.no_grad():
+        x = torch.cat([torch.as_tensor(obs[:, -1]), torch.full((3, 8), 0.5)], 1)
+        expected = 0.1 * torch.tanh(actor.fc_mean(actor.backbone(x))).view(3, 4, 2).numpy()
+    np.testing.assert_allclose(base, 0.5)
+    np.testing.assert_allclose(refined - base, expected, atol=1e-6)
+    assert np.abs(refined - base).max() <= 0.1 + 1e-6 and np.abs(refined - base).max() > 0.05
+
+
 def test_with_flags_replaces_values_without_touching_the_original():
     args = ["--total-iters", "10", "--lr", "1e-3"]
     assert with_flags(args, total_iters=5) == ["--total-iters", "5", "--lr", "1e-3"]
@@ -72,15 +94,17 @@ def test_report_aggregates_whatever_summaries_exist(tmp_path):
     table = report(results, readme)
     assert "(no runs yet)" in table
 
-    for seed, base, refined in ((1, 0.5, 0.7), (2, 0.6, 0.9)):
-        (results / "runs" / f"PickCube-v0_diffusion_{seed}.json").write_text(
-            json.dumps(_summary(seed, base, refined, 2e-3, 1e-3)))
+    for seed, base, refined, jerk_base, length in ((1, 0.5, 0.7, 2e-3, 150), (2, 0.6, 0.9, 4e-3, 110)):
+        summary = _summary(seed, base, refined, jerk_base, 1e-3) | {"len_base": length, "len_refined": 90}
+        (results / "runs" / f"PickCube-v0_diffusion_{seed}.json").write_text(json.dumps(summary))
     table = report(results, readme)
     row = next(line for line in table.splitlines() if line.startswith("| PickCube-v0"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "2" and cells[3] == "128,000"
     assert cells[4] == "0.55 ± 0.07" and cells[5] == "0.80 ± 0.14"  # sample std (ddof 1) of 0.5, 0.6 and 0.7, 0.9
-    assert cells[8] == "30 min"
+    assert cells[6] == "130 ± 28 → 90 ± 0"  # episode length, base → refined
+    assert cells[7] == "3.0e-03 ± 1.4e-03" and cells[8] == "1.0e-03 ± 0.0e+00"  # jerk: mean ± sample std
+    assert cells[9] == "30 min"
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and row in text
     assert (results / "success.png").stat().st_size > 0

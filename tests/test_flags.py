@@ -29,7 +29,7 @@ COMMANDS["python -m pi_dec.demos"] = (demos_cli.Args, lambda args: check_numbers
 
 # Invalid for every numeric flag: -1 (except those below) and, for floats, NaN; BAD adds upper bounds and the like.
 NEGATIVE_IS_VALID = {"log_std_min"}
-BAD = {"log_std_min": ["5", "inf"], "gamma": ["1.5"], "tau": ["0", "1.5"], "ddim_steps": ["101"],
+BAD = {"log_std_min": ["5", "inf"], "gamma": ["1.5"], "tau": ["0", "1.5"], "ddim_steps": ["101"], "ddpm_steps": ["101", "0"],
        "seed": ["2147483648"], "diffusion_step_embed_dim": ["2", "7"]}
 
 

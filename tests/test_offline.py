@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import ROOT, load_script, run_script
-from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, read_checkpoint
+from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, frozen_base_actions, load_base_policy, read_checkpoint
+from pi_dec.demo_data import load_demos
 from pi_dec.nets.bet import GPT, BehaviorTransformer, focal_loss, kmeans
+from pi_dec.policy_decorator import probe_dims
 from pi_dec.run import UsageError
 
 DP = load_script("offline/diffusion_policy_unet_maniskill2.py")
@@ -172,6 +174,37 @@ def test_offline_scripts_write_loadable_checkpoints_in_the_official_layout(offli
     used_online = REFERENCE["args_json_keys_used_online"]["diffusion_policy" if kind == "diffusion" else "behavior_transformer"]
     assert set(used_online) <= set(run_args)
     assert any(f.name.startswith("events.out.tfevents") for f in run.iterdir())
+    # the online scripts' loader rebuilds the base from it and acts: (N, act_horizon, act_dim) chunks
+    env_id, mode = run_args["env_id"], run_args["control_mode"]
+    obs_dim, act_dim = probe_dims(env_id, mode, {})
+    policy, cfg = load_base_policy(run / "checkpoints" / "best.pt", kind, obs_dim, act_dim)
+    act, window, horizon = frozen_base_actions(policy, kind, cfg)
+    obs_seq = torch.as_tensor(load_demos(run_args["demo_path"])[0]["obs"][:window], dtype=torch.float32)
+    actions = act(obs_seq[None].expand(3, -1, -1))
+    assert actions.shape == (3, horizon, act_dim) and horizon == (8 if kind == "diffusion" else 1)
+    assert torch.isfinite(actions).all()
+    if kind == "diffusion":  # DDIM clips its estimate of the clean chunk: the last step returns it
+        assert actions.abs().max() <= 1.0
+    # (BeT adds learnt offsets to k-means centres: after 12 iterations nothing bounds them; the env clips.)
+
+
+def test_ema_weights_are_stepped_and_saved_beside_the_raw_ones(offline_runs):
+    ckpts = {tag: torch.load(offline_runs["diffusion"] / "checkpoints" / f"{tag}.pt", weights_only=True)
+             for tag in ("6", "12", "best")}
+    name = "noise_pred_net.final_conv.1.weight"
+    assert not torch.equal(ckpts["12"]["agent"][name], ckpts["12"]["ema_agent"][name])  # EMA is not the raw weights
+    assert not torch.equal(ckpts["6"]["ema_agent"][name], ckpts["12"]["ema_agent"][name])  # and it moved
+    assert torch.equal(ckpts["best"]["ema_agent"][name], ckpts["12"]["ema_agent"][name])  # best: the one evaluation
+
+
+def test_best_checkpoint_is_the_first_evaluation_with_the_highest_success(tmp_path):
+    from pi_dec.policy_decorator import OnlineArgs
+    from pi_dec.run import Run
+
+    run = Run(OnlineArgs(output_dir=str(tmp_path), env_id="PickCube-v0"), "Test", __file__)
+    chosen = [run.record_eval({"success": [s]}, step) for step, s in enumerate([0.2, 0.5, 0.5, 0.3, 0.6])]
+    run.close()
+    assert chosen == [True, True, False, False, True]  # a tie keeps the earlier checkpoint
 
 
 def test_offline_evaluation_is_logged(offline_runs):

@@ -16,8 +16,10 @@ from conftest import ROOT, run_script
 from pi_dec.base_policies import CheckpointError, load_base_policy
 from pi_dec.nets.sac import ResidualActor, SoftQNetwork
 from pi_dec.policy_decorator import (OnlineArgs, ReplayBuffer, bootstrap_masks, check_resume_shapes, combine,
-                                     critic_action, crossed, exploration_prob, frozen, validate)
+                                     critic_action, crossed, exploration_mask, exploration_prob, frozen,
+                                     sac_update, validate)
 from pi_dec.run import UsageError
+from pi_dec.suites import MAX_EPISODE_STEPS
 
 
 def test_exploration_probability_grows_linearly_to_one():
@@ -28,9 +30,11 @@ def test_exploration_probability_grows_linearly_to_one():
 
 
 def test_exploration_mask_uses_the_residual_at_that_rate():
-    rng = np.random.default_rng(0)
-    use = rng.random(100_000) < exploration_prob(30, 100)
-    assert abs(use.mean() - 0.3) < 0.01
+    np.random.seed(0)  # the loop's mask draws from numpy's global generator (seeded by the run)
+    for step, rate in ((0, 0.0), (30, 0.3), (75, 0.75), (500, 1.0)):
+        use = np.concatenate([exploration_mask(16, step, prog_explore=100) for _ in range(4000)])
+        assert use.dtype == bool and use.shape == (64_000,)
+        assert abs(use.mean() - rate) < 0.01, (step, use.mean())
 
 
 def test_combine_adds_the_scaled_residual_per_chunk_step():
@@ -79,6 +83,104 @@ def test_replay_buffer_wraps_around_and_round_trips():
     copy = ReplayBuffer(capacity=5, obs_dim=2, res_dim=1, keep_base=True, device="cpu")
     copy.load_state_dict(rb.state_dict())
     assert (copy.obs == rb.obs).all() and copy.pos == rb.pos and copy.full
+
+
+# ------------------------------------------------------------------------------------------------ #
+# One SAC update against a hand computation
+# ------------------------------------------------------------------------------------------------ #
+class ConstQ(torch.nn.Module):
+    """A critic whose value is one parameter, whatever the input."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, obs, act):
+        return self.value.expand(obs.shape[0], 1)
+
+
+class FixedActor(torch.nn.Module):
+    """An actor whose sample is tanh(mu) and whose log-probability is one parameter."""
+
+    def __init__(self, res_dim, log_pi):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.zeros(res_dim))
+        self.log_pi = torch.nn.Parameter(torch.tensor(float(log_pi)))
+
+    def get_action(self, x):
+        a = torch.tanh(self.mu).expand(x.shape[0], -1)
+        return a, self.log_pi.expand(x.shape[0], 1), a
+
+
+def one_update(updates=1, autotune=False, log_pi=0.4, res_dim=2, **flags):
+    """sac_update on a batch of two transitions: r = [-1, 0], stop = [0, 1]; plain SGD so steps are exact."""
+    args = OnlineArgs(gamma=0.9, tau=0.01, critic_input="res", autotune=autotune, **flags)
+    actor = FixedActor(res_dim, log_pi)
+    critics, targets = (ConstQ(1.0), ConstQ(2.0)), (ConstQ(-3.0), ConstQ(-5.0))
+    log_alpha = torch.zeros(1, requires_grad=True)
+    alpha = log_alpha.exp().detach() if autotune else torch.tensor(0.5)
+    batch = (torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, res_dim), torch.tensor([-1.0, 0.0]),
+             torch.tensor([0.0, 1.0]))
+    sgd = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
+    alpha, losses = sac_update(args, updates, batch, res_dim, False, actor, critics, targets,
+                               sgd([c.value for c in critics]), sgd(actor.parameters()), log_alpha, sgd([log_alpha]),
+                               alpha, {})
+    return actor, critics, targets, log_alpha, alpha, losses
+
+
+def test_sac_update_matches_a_hand_computation():
+    actor, (qf1, qf2), (qf1_t, qf2_t), _, alpha, losses = one_update()
+    # target = r + (1 - stop) * gamma * (min(Q1', Q2') - alpha * log_pi') with the TARGET critics (-3, -5):
+    target = np.array([-1 + 0.9 * (-5.0 - 0.5 * 0.4), 0.0])  # [-5.68, 0]
+    # loss = mean((Q - target)^2) with the ONLINE critics (1, 2); SGD: Q -= 0.1 * mean(2 (Q - target))
+    np.testing.assert_allclose(losses["qf1_loss"].item(), np.mean((1.0 - target) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(losses["qf2_loss"].item(), np.mean((2.0 - target) ** 2), rtol=1e-6)
+    q1 = 1.0 - 0.1 * np.mean(2 * (1.0 - target))  # 0.232
+    q2 = 2.0 - 0.1 * np.mean(2 * (2.0 - target))  # 1.032
+    np.testing.assert_allclose([qf1.value.item(), qf2.value.item()], [q1, q2], rtol=1e-6)
+    # targets after the update: (1 - tau) * old + tau * the updated online critic
+    np.testing.assert_allclose([qf1_t.value.item(), qf2_t.value.item()],
+                               [0.99 * -3.0 + 0.01 * q1, 0.99 * -5.0 + 0.01 * q2], rtol=1e-6)
+    # actor: loss = mean(alpha * log_pi - min Q) -> d/d log_pi = alpha = 0.5
+    np.testing.assert_allclose(actor.log_pi.item(), 0.4 - 0.1 * 0.5, rtol=1e-6)
+    assert alpha.item() == 0.5 and "sac_alpha_loss" not in losses  # fixed temperature
+
+
+def test_sac_update_honours_policy_and_target_frequencies():
+    actor, _, (qf1_t, qf2_t), *_ = one_update(updates=1, policy_frequency=2, target_network_frequency=2)
+    assert actor.log_pi.item() == pytest.approx(0.4) and actor.mu.abs().sum().item() == 0  # actor not updated
+    assert (qf1_t.value.item(), qf2_t.value.item()) == (-3.0, -5.0)  # targets not updated
+    actor, _, (qf1_t, _), *_ = one_update(updates=2, policy_frequency=2, target_network_frequency=2)
+    assert actor.log_pi.item() == pytest.approx(0.35) and qf1_t.value.item() != -3.0
+    actor, _, (qf1_t, _), *_ = one_update(updates=3, policy_frequency=3, target_network_frequency=2)
+    assert actor.log_pi.item() == pytest.approx(0.35) and qf1_t.value.item() == -3.0
+
+
+def test_temperature_autotune_aims_at_minus_the_residual_dim():
+    # alpha = exp(0) = 1: the actor step moves log_pi 7 -> 6.9; the alpha loss -log_alpha * (log_pi - res_dim)
+    # has gradient -(6.9 - 4): SGD raises log_alpha by 0.1 * 2.9
+    *_, log_alpha, alpha, losses = one_update(autotune=True, log_pi=7.0, res_dim=4)
+    np.testing.assert_allclose(log_alpha.item(), 0.29, rtol=1e-5)
+    np.testing.assert_allclose(alpha.item(), np.exp(0.29), rtol=1e-5)
+    assert "sac_alpha_loss" in losses
+
+
+def test_temperature_rises_from_initialisation():
+    """At initialisation the actor's log std is ~-9, so log pi is far above -res_dim: alpha must go up."""
+    torch.manual_seed(0)
+    obs_dim, res_dim = 5, 8
+    args = OnlineArgs(autotune=True, critic_input="res")
+    actor = ResidualActor(obs_dim, res_dim, hidden=32)
+    critics = tuple(SoftQNetwork(obs_dim, res_dim, 32) for _ in range(2))
+    targets = tuple(SoftQNetwork(obs_dim, res_dim, 32) for _ in range(2))
+    log_alpha = torch.zeros(1, requires_grad=True)
+    batch = (torch.randn(64, obs_dim), torch.randn(64, obs_dim), torch.rand(64, res_dim) * 2 - 1,
+             -torch.ones(64), torch.zeros(64))
+    params = [p for c in critics for p in c.parameters()]
+    alpha, _ = sac_update(args, 1, batch, res_dim, False, actor, critics, targets, torch.optim.Adam(params),
+                          torch.optim.Adam(actor.parameters()), log_alpha, torch.optim.Adam([log_alpha], lr=1e-3),
+                          log_alpha.exp().detach(), {})
+    assert log_alpha.item() > 0 and alpha.item() > 1
 
 
 def test_residual_actor_squashes_and_scores_its_samples():
@@ -328,16 +430,43 @@ def scalar_tags(run_dir):
     return set(events.Tags()["scalars"])
 
 
+def check_buffer(buffer, num_envs, act_horizon, res_dim, keep_base):
+    """The transitions a real run stored. Row k holds decision k // num_envs of env k % num_envs, so row
+    k + num_envs is the same env's next decision. Returns the rows that ended in a time-out."""
+    obs, next_obs, rew, stop = (buffer[key].numpy() for key in ("obs", "next_obs", "rewards", "dones"))
+    actions = buffer["actions"].numpy()
+    assert actions.shape[1] == (3 * res_dim if keep_base else res_dim)
+    assert set(np.unique(rew)) <= {-1.0, 0.0}  # sparse success reward - 1
+    np.testing.assert_array_equal(stop, rew == 0)  # bootstrapping stops at terminations (successes) only
+    steps, timeouts = np.zeros(num_envs, int), []
+    for k in range(len(rew) - num_envs):
+        env = k % num_envs
+        steps[env] += act_horizon
+        if rew[k] == 0:  # a success ended the episode
+            steps[env] = 0
+        elif steps[env] >= MAX_EPISODE_STEPS:  # a time-out: the final observation, and bootstrapping goes on
+            steps[env] = 0
+            timeouts.append(k)
+            assert stop[k] == 0 and not np.allclose(next_obs[k], obs[k + num_envs]), k
+        else:  # the episode goes on: the next row starts where this one ended
+            np.testing.assert_array_equal(next_obs[k], obs[k + num_envs])
+            if keep_base:  # the next state's base action is the base action taken there
+                np.testing.assert_array_equal(actions[k, 2 * res_dim:], actions[k + num_envs, res_dim:2 * res_dim])
+    return timeouts
+
+
 # Long enough for the 200-step episodes to end in training (decisions of 4 steps for DP, 1 for BeT).
-@pytest.mark.parametrize("kind, script, env_id, total, layer_norm", [
-    ("diffusion", "online/pi_dec_diffusion_maniskill2.py", "PegInsertionSide-v2", 112, True),
-    ("bet", "online/pi_dec_bet_maniskill2.py", "StackCube-v0", 416, False),
+# DP never explores (--prog-explore huge); BeT always does (--prog-explore 1).
+@pytest.mark.parametrize("kind, script, env_id, total, layer_norm, prog_explore", [
+    ("diffusion", "online/pi_dec_diffusion_maniskill2.py", "PegInsertionSide-v2", 112, True, 10**9),
+    ("bet", "online/pi_dec_bet_maniskill2.py", "StackCube-v0", 416, False, 1),
 ])
-def test_online_scripts_learn_evaluate_and_checkpoint(offline_runs, tmp_path, kind, script, env_id, total, layer_norm):
+def test_online_scripts_learn_evaluate_and_checkpoint(offline_runs, tmp_path, kind, script, env_id, total, layer_norm,
+                                                      prog_explore):
     ckpt = offline_runs[kind] / "checkpoints" / "best.pt"
     run_script(script, "--env-id", env_id, "--base-policy-ckpt", ckpt, "--total-timesteps", total,
                "--output-dir", tmp_path, "--critic-input", "concat", "--actor-input", "obs_base_action", *SMALL,
-               *(["--critic-layer-norm"] if layer_norm else []))
+               "--prog-explore", prog_explore, *(["--critic-layer-norm"] if layer_norm else []))
     run = next(next((tmp_path / env_id).iterdir()).iterdir())
     saved = torch.load(run / "checkpoints" / f"{total}.pt", weights_only=True)  # as --resume reads it
     assert {"res_actor", "qf1", "qf2", "log_sac_alpha"} <= set(saved)
@@ -350,12 +479,25 @@ def test_online_scripts_learn_evaluate_and_checkpoint(offline_runs, tmp_path, ki
     args = json.loads((run / "args.json").read_text())
     assert args["base_policy"]["control_mode"] == ("pd_ee_delta_pose" if kind == "diffusion" else "pd_ee_delta_pos")
 
+    horizon = args["act_horizon_executed"]
+    res_dim = horizon * (7 if kind == "diffusion" else 4)
+    timeouts = check_buffer(saved["buffer"], 2, horizon, res_dim, keep_base=True)
+    assert timeouts == [98, 99] if kind == "diffusion" else timeouts == [398, 399]  # decision 50 (DP) / 200 (BeT)
+    res = saved["buffer"]["actions"][:, :res_dim]
+    if kind == "diffusion":  # exploration never switched on: the base acted alone
+        assert torch.all(res == 0)
+    else:  # always on: uniform residuals until the first update (after 16 transitions), then the actor's
+        assert torch.all(res[:16] != 0) and res[:16].abs().max() <= 1 and res.abs().max() <= 1
+        assert res[16:].std() < res[:16].std()  # the fresh actor's samples are nearly deterministic
 
-def test_resume_after_kill_continues_the_run(offline_runs, tmp_path):
+
+def test_resume_after_kill_restores_the_run(offline_runs, tmp_path):
+    """Killed after its checkpoint at 32, the run resumes from it. The resumed part is told to make no updates,
+    so whatever it saves of the networks, the temperature and the optimizers must be the checkpoint's."""
     ckpt = offline_runs["diffusion"] / "checkpoints" / "best.pt"
     cmd = [sys.executable, str(ROOT / "online/pi_dec_diffusion_maniskill2.py"), "--env-id", "PegInsertionSide-v2",
            "--base-policy-ckpt", str(ckpt), "--total-timesteps", "20000", "--output-dir", str(tmp_path),
-           "--sync-venv", *map(str, SMALL)]
+           "--sync-venv", "--critic-input", "res", *map(str, SMALL)]  # res: the buffer keeps no base actions
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
     first = None
     deadline = time.time() + 600
@@ -368,12 +510,25 @@ def test_resume_after_kill_continues_the_run(offline_runs, tmp_path):
     assert first is not None, "no checkpoint written"
     run = first.parent.parent
     state = torch.load(first, weights_only=True)
-    assert state["global_step"] == 32 and len(state["buffer"]["rewards"]) == 32
+    assert state["global_step"] == 32 and len(state["buffer"]["rewards"]) == 32 and state["updates"] > 0
+    check_buffer(state["buffer"], 2, 4, 4 * 7, keep_base=False)
     run_script("online/pi_dec_diffusion_maniskill2.py", "--env-id", "PegInsertionSide-v2", "--base-policy-ckpt",
-               ckpt, "--total-timesteps", 64, "--output-dir", tmp_path, "--resume", first, *SMALL)
-    final = torch.load(run / "checkpoints" / "64.pt", weights_only=True)
-    assert final["global_step"] == 64 and final["decisions"] == 32
-    assert len(final["buffer"]["rewards"]) == 64  # the restored buffer plus 32 new transitions
+               ckpt, "--total-timesteps", 40, "--output-dir", tmp_path, "--resume", first, "--critic-input", "res",
+               *SMALL, "--learning-starts", 10**6)
+    final = torch.load(run / "checkpoints" / "40.pt", weights_only=True)
+    assert final["global_step"] == 40 and final["decisions"] == 20 and final["updates"] == state["updates"]
+    assert final["learning_started"]  # the residual actor, not uniform noise, acted after the resume
+    for key in ("res_actor", "qf1", "qf2", "qf1_online", "qf2_online"):
+        for name, value in state[key].items():
+            assert torch.equal(final[key][name], value), (key, name)
+    assert torch.equal(final["log_sac_alpha"], state["log_sac_alpha"])
+    for key in ("q_optimizer", "actor_optimizer", "alpha_optimizer"):
+        for i, saved in state[key]["state"].items():
+            for name, value in saved.items():
+                assert torch.equal(final[key]["state"][i][name], value), (key, i, name)
+    for key in ("obs", "next_obs", "actions", "rewards", "dones"):
+        assert torch.equal(final["buffer"][key][:32], state["buffer"][key])  # the restored rows ...
+    assert len(final["buffer"]["rewards"]) == 40  # ... plus 8 new transitions
     assert len(list(tmp_path.glob("*/*/*"))) == 1  # same run folder
 
 
