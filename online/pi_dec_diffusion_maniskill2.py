@@ -49,8 +49,8 @@ class Args(OnlineArgs):
 
 
 # What each numeric flag allows (--act-horizon is also checked against the base policy's horizons).
-RULES = ONLINE_RULES | {"ddim_steps": between(1, 100), "ddpm_steps": between(1, 100),  # 100: its training's
-                        "act_horizon": COUNT}
+STEPS = between(1, 100)  # the base was trained with 100 DDPM steps
+RULES = ONLINE_RULES | {"ddim_steps": STEPS, "ddpm_steps": STEPS, "act_horizon": COUNT}
 
 
 def main(args: Args):

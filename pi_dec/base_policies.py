@@ -36,13 +36,10 @@ class DiffusionPolicy(nn.Module):
             diffusion_step_embed_dim=diffusion_step_embed_dim, down_dims=list(unet_dims), n_groups=n_groups)
         self.noise_scheduler = make_scheduler("ddpm")
 
-    def use_ddim(self, steps: int) -> None:
-        """Sample with DDIM in `steps` denoising steps (the online scripts use 4)."""
-        self.noise_scheduler = make_scheduler("ddim", steps)
-
-    def use_ddpm(self, steps: int) -> None:
-        """Sample with DDPM (stochastic: fresh noise in each step) in `steps` of the 100 training steps."""
-        self.noise_scheduler = make_scheduler("ddpm", steps)
+    def use_sampler(self, kind: str, steps: int) -> None:
+        """Sample with "ddim" (deterministic; the online scripts use 4 steps) or "ddpm" (fresh noise in each
+        step) in `steps` of the 100 training steps."""
+        self.noise_scheduler = make_scheduler(kind, steps)
 
     def compute_loss(self, obs_seq: torch.Tensor, act_seq: torch.Tensor) -> torch.Tensor:
         # obs_seq: (B, obs_horizon, obs_dim), act_seq: (B, pred_horizon, act_dim)
@@ -210,7 +207,7 @@ def frozen_base_actions(policy: nn.Module, kind: str, cfg: dict, ddim_steps: int
     cfg["act_horizon"] actions per decision. BeT: one action per decision.
     """
     if kind == "diffusion":
-        policy.use_ddim(ddim_steps) if ddpm_steps is None else policy.use_ddpm(ddpm_steps)
+        policy.use_sampler(*(("ddim", ddim_steps) if ddpm_steps is None else ("ddpm", ddpm_steps)))
         return policy.get_action, cfg["obs_horizon"], cfg["act_horizon"]
     # NOTE(original): the frozen BeT keeps dropout on ("BeT performs better with dropout in our experiments").
     policy.train()

@@ -219,7 +219,7 @@ def inference_latency(num_envs: int, threads: int, repeats: int = 20) -> dict:
 
     device = setup_torch(0, True, threads, deterministic=False).type
     dp = DiffusionPolicy(50, 7, 2, 4, 16).to(device).eval()
-    dp.use_ddim(4)
+    dp.use_sampler("ddim", 4)
     bet = BeTPolicy(50, 7).to(device).eval()
     result = {"device": device}
     for name, policy, window in (("diffusion_ddim4", dp, 2), ("diffusion_ddpm100", None, 2), ("bet", bet, 20)):

@@ -127,24 +127,6 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     return out
 
 
-def decorated_policy(base_act, actor, res_scale: float, actor_input_mode: str):
-    """obs (N, window, obs_dim) -> executed chunks (N, H, A): the base alone (actor None), or base plus
-    res_scale times the actor's deterministic residual, as the online script evaluates it."""
-    import torch
-
-    from pi_dec.policy_decorator import actor_input, combine
-
-    @torch.no_grad()
-    def act(obs):
-        obs_t = torch.as_tensor(obs, dtype=torch.float32)
-        base_seq = base_act(obs_t)
-        if actor is None:
-            return base_seq.numpy()
-        res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1), actor_input_mode))
-        return combine(base_seq, res, res_scale).numpy()
-    return act
-
-
 def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, seeds: list[int],
                   video_root: Path | None) -> dict:
     """Base alone and base + residual (deterministic) on the same seeds."""
@@ -152,7 +134,7 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
 
     from pi_dec.base_policies import frozen_base_actions, load_base_policy
     from pi_dec.nets.sac import ResidualActor
-    from pi_dec.policy_decorator import probe_dims
+    from pi_dec.policy_decorator import decorated_policy, probe_dims
 
     online_args = json.loads((online_run / "args.json").read_text())
     base_cfg = online_args["base_policy"]

@@ -159,6 +159,21 @@ def actor_input(obs_last: torch.Tensor, base_flat: torch.Tensor | None, mode: st
     return obs_last if mode == "obs" else torch.cat([obs_last, base_flat], dim=1)
 
 
+def decorated_policy(base_act, actor: ResidualActor | None, res_scale: float, actor_input_mode: str, device="cpu"):
+    """obs (N, window, obs_dim) -> executed chunks (N, H, A) as numpy: the base alone (actor None), or base
+    plus res_scale times the actor's deterministic residual (tanh of its mean). Used by every evaluation."""
+
+    @torch.no_grad()
+    def act(obs):
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        base_seq = base_act(obs_t)
+        if actor is None:
+            return base_seq.cpu().numpy()
+        res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1), actor_input_mode))
+        return combine(base_seq, res, res_scale).cpu().numpy()
+    return act
+
+
 def sac_update(args: OnlineArgs, updates: int, batch: tuple, res_dim: int, keep_base: bool, actor: ResidualActor,
                critics: tuple, targets: tuple, q_optimizer, actor_optimizer, log_alpha: torch.Tensor,
                alpha_optimizer, alpha: torch.Tensor, losses: dict) -> tuple[torch.Tensor, dict]:
@@ -443,15 +458,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
 
     def evaluate() -> dict:
         actor.eval()
-
-        def act(obs):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-            base_seq = base_act(obs_t)
-            with torch.no_grad():
-                # deterministic: tanh of the mean
-                res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1), args.actor_input))
-            return combine(base_seq, res, args.res_scale).cpu().numpy()
-
+        act = decorated_policy(base_act, actor, args.res_scale, args.actor_input, device)
         result = run_episodes(args.num_eval_episodes, act, eval_envs)
         actor.train()
         return result

@@ -54,7 +54,7 @@ def test_refined_policy_adds_the_scaled_deterministic_residual():
     """What the evaluation runs: refined - base == res_scale * tanh(mean of the actor), at most res_scale."""
     import torch
 
-    from pi_dec.experiment import decorated_policy
+    from pi_dec.policy_decorator import decorated_policy
     from pi_dec.nets.sac import ResidualActor
 
     torch.manual_seed(0)
