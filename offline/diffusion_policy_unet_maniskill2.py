@@ -125,19 +125,20 @@ class WindowDataset:
         obs_chunks, act_chunks, obs_starts, act_starts = [], [], [], []
         obs_offset = act_offset = 0
         for traj in trajs:
-            obs, act = torch.as_tensor(traj["obs"]), torch.as_tensor(traj["actions"])
+            act = torch.as_tensor(traj["actions"])
             L = len(act)
             stay = pad_action_for(control_mode, act[-1])
-            obs_chunks.append(torch.cat([obs[:1].repeat(pad_before, 1), obs]))
+            # state obs: one (L+1, obs_dim) array; RGB-D obs: a dict of them (pi_dec/rgbd.py), handled per key
+            obs_chunks.append(obs_map(lambda o: torch.cat([o[:1].repeat_interleave(pad_before, 0), o]), traj["obs"]))
             act_chunks.append(torch.cat([act[:1].repeat(pad_before, 1), act, stay.repeat(pad_after, 1)]))
             # NOTE(fix): the original's range(-pad_before, L - obs_horizon) missed the last start, so the
             # observation before the final action never served as the latest one; we include it.
             starts = torch.arange(-pad_before, L - obs_horizon + 1)
             obs_starts.append(obs_offset + pad_before + starts)
             act_starts.append(act_offset + pad_before + starts)
-            obs_offset += len(obs_chunks[-1])
+            obs_offset += L + 1 + pad_before
             act_offset += len(act_chunks[-1])
-        self.obs = torch.cat(obs_chunks).to(device)  # (sum of padded lengths, obs_dim)
+        self.obs = obs_map(lambda *o: torch.cat(o).to(device), *obs_chunks)  # (sum of padded lengths, obs_dim)
         self.act = torch.cat(act_chunks).to(device)
         self.obs_start = torch.cat(obs_starts).to(device)  # (num windows,)
         self.act_start = torch.cat(act_starts).to(device)
@@ -150,7 +151,14 @@ class WindowDataset:
         """obs_seq (B, obs_horizon, obs_dim), act_seq (B, pred_horizon, act_dim)."""
         obs_idx = self.obs_start[idx, None] + torch.arange(self.obs_horizon, device=idx.device)
         act_idx = self.act_start[idx, None] + torch.arange(self.pred_horizon, device=idx.device)
-        return self.obs[obs_idx], self.act[act_idx]
+        return obs_map(lambda o: o[obs_idx], self.obs), self.act[act_idx]
+
+
+def obs_map(fn, *obs):
+    """fn applied to state observations (tensors), or key by key to RGB-D ones (dicts of tensors)."""
+    if isinstance(obs[0], dict):
+        return {k: fn(*(torch.as_tensor(o[k]) for o in obs)) for k in obs[0]}
+    return fn(*(torch.as_tensor(o) for o in obs))
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -61,6 +61,74 @@ class DiffusionPolicy(nn.Module):
         return act_seq[:, start:start + self.act_horizon]
 
 
+class RandomShift(nn.Module):
+    """Shift each image by a random whole number of pixels in [-pad, pad] on both axes, filling the border
+    with the edge pixels (DrQ's augmentation; the upstream's --random-shift)."""
+
+    def __init__(self, pad: int):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W)
+        n, _, h, w = x.shape
+        padded = F.pad(x, (self.pad,) * 4, mode="replicate")
+        dy, dx = (torch.randint(0, 2 * self.pad + 1, (2, n, 1, 1), device=x.device))
+        rows = dy + torch.arange(h, device=x.device).view(1, h, 1)  # (N, H, 1)
+        cols = dx + torch.arange(w, device=x.device).view(1, 1, w)  # (N, 1, W)
+        return padded[torch.arange(n, device=x.device).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+
+
+class DiffusionPolicyRGBD(DiffusionPolicy):
+    """Diffusion Policy on RGB-D frames: a PlainConv encoder turns each frame's rgb + depth into 256
+    features, concatenated with the frame's state vector; the U-Net is conditioned on those embeddings.
+
+    Observations are dicts of (B, obs_horizon, ...) tensors: rgb uint8 (3k, H, W), depth (k, H, W) in
+    metres, state (D,) (pi_dec/rgbd.py). Parameter names follow the upstream's RGB-D checkpoints.
+    """
+
+    visual_feature_dim = 256
+
+    def __init__(self, state_dim: int, rgb_channels: int, image_size, act_dim: int, obs_horizon: int,
+                 act_horizon: int, pred_horizon: int, diffusion_step_embed_dim: int = 64, unet_dims=(64, 128, 256),
+                 n_groups: int = 8, random_shift: int = 0):
+        from pi_dec.nets.plain_conv import PlainConv, PlainConv_MS1
+
+        embedding_dim = self.visual_feature_dim + state_dim
+        super().__init__(embedding_dim, act_dim, obs_horizon, act_horizon, pred_horizon,
+                         diffusion_step_embed_dim, unet_dims, n_groups)
+        # NOTE(original): two cameras (6 rgb channels) get PlainConv, anything else PlainConv_MS1.
+        encoder = PlainConv if rgb_channels == 6 else PlainConv_MS1
+        if tuple(image_size) != encoder.image_size:
+            raise UsageError(f"{rgb_channels // 3} cameras of {image_size[0]}x{image_size[1]} (height x width): the "
+                             f"upstream's encoder for {rgb_channels // 3} cameras ({encoder.__name__}) takes "
+                             f"{encoder.image_size[0]}x{encoder.image_size[1]}; convert the demos at that size.")
+        self.visual_encoder = encoder(in_channels=rgb_channels // 3 * 4, out_dim=self.visual_feature_dim)
+        self.aug = RandomShift(random_shift) if random_shift > 0 else None
+        self.obs_embedding_dim = embedding_dim  # per frame; what the residual policy sees of the latest one
+
+    def encode_obs(self, obs_seq: dict, augment: bool = False) -> torch.Tensor:
+        """-> (B, obs_horizon, obs_embedding_dim): per frame [visual features, state]."""
+        rgb = obs_seq["rgb"].float() / 255.0  # (B, T, 3k, H, W)
+        img = torch.cat([rgb, obs_seq["depth"].float()], dim=2).flatten(0, 1)  # (B*T, 4k, H, W)
+        if augment and self.aug is not None:
+            img = self.aug(img)  # each frame shifted on its own
+        feature = self.visual_encoder(img).view(*rgb.shape[:2], -1)
+        return torch.cat([feature, obs_seq["state"].float()], dim=-1)
+
+    def compute_loss(self, obs_seq: dict, act_seq: torch.Tensor) -> torch.Tensor:
+        return super().compute_loss(self.encode_obs(obs_seq, augment=True), act_seq)
+
+    @torch.no_grad()
+    def act_and_embedding(self, obs_seq: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The executed chunk (B, act_horizon, act_dim) and the latest frame's embedding (B, obs_embedding_dim)."""
+        emb = self.encode_obs(obs_seq)
+        return super().get_action(emb), emb[:, -1]
+
+    @torch.no_grad()
+    def get_action(self, obs_seq: dict) -> torch.Tensor:
+        return self.act_and_embedding(obs_seq)[0]
+
+
 def make_scheduler(kind: str, inference_steps: int | None = None):
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -129,7 +197,7 @@ def read_run_args(path: Path) -> dict:
 
 def policy_kind(state_dict: dict) -> str:
     if any(k.startswith("noise_pred_net.") for k in state_dict):
-        return "diffusion"
+        return "diffusion_rgbd" if any(k.startswith("visual_encoder.") for k in state_dict) else "diffusion"
     if any(k.startswith("net._gpt_model.") for k in state_dict):
         return "bet"
     raise CheckpointError("checkpoint holds neither a Diffusion Policy (noise_pred_net.*) nor a BeT (net._gpt_model.*)")
@@ -158,28 +226,39 @@ def load_base_policy(ckpt_path: str | Path, kind: str, obs_dim: int, act_dim: in
                      overrides: dict | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the base policy from its checkpoint and args.json, load the weights, freeze it.
 
-    `kind` ('diffusion' or 'bet') is what the calling script expects; `overrides` replace args.json
-    values (e.g. the online DP script's act_horizon).
+    `kind` ('diffusion', 'diffusion_rgbd' or 'bet') is what the calling script expects; `overrides` replace
+    args.json values (e.g. the online DP script's act_horizon). For 'diffusion_rgbd', `obs_dim` is the state
+    vector's size (the cameras come from the checkpoint and its args.json's image_size).
     """
     state, run_args = read_checkpoint(ckpt_path)
     found = policy_kind(state)
     if found != kind:
-        script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py"}
+        script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py",
+                  "diffusion_rgbd": "online/pi_dec_diffusion_maniskill2_rgbd.py"}
         raise CheckpointError(f"{ckpt_path} is a {found} checkpoint, but this script expects a {kind} one: "
                               f"use {script[found]}.")
     cfg = {**run_args, **(overrides or {})}
     needs = (("obs_horizon", "act_horizon", "pred_horizon", "diffusion_step_embed_dim", "unet_dims", "n_groups")
-             if kind == "diffusion" else ("context_window", "n_clusters", "n_layers", "n_heads", "n_embedding"))
+             if kind.startswith("diffusion") else ("context_window", "n_clusters", "n_layers", "n_heads", "n_embedding"))
+    needs += ("image_size",) if kind == "diffusion_rgbd" else ()
     if missing := [k for k in needs if k not in cfg]:
         raise CheckpointError(f"{Path(ckpt_path).parent.parent / 'args.json'} lacks {', '.join(missing)}: "
                               f"not the args.json of an offline {kind} run.")
-    if kind == "diffusion":
+    if kind.startswith("diffusion"):
         most = cfg["pred_horizon"] - cfg["obs_horizon"] + 1  # the chunk must fit in the predicted sequence
         if cfg["act_horizon"] > most:
             raise UsageError(f"--act-horizon {cfg['act_horizon']}: must be at most {most} with this base policy "
                              f"(its pred_horizon {cfg['pred_horizon']} - obs_horizon {cfg['obs_horizon']} + 1).")
+    if kind == "diffusion":
         policy = DiffusionPolicy(obs_dim, act_dim, cfg["obs_horizon"], cfg["act_horizon"], cfg["pred_horizon"],
                                  cfg["diffusion_step_embed_dim"], cfg["unet_dims"], cfg["n_groups"])
+    elif kind == "diffusion_rgbd":
+        first_conv = state.get("visual_encoder.cnn.0.weight")
+        if first_conv is None or first_conv.ndim != 4:
+            raise CheckpointError(f"{ckpt_path} lacks visual_encoder.cnn.0.weight: not an RGB-D Diffusion Policy.")
+        policy = DiffusionPolicyRGBD(obs_dim, first_conv.shape[1] // 4 * 3, cfg["image_size"], act_dim,
+                                     cfg["obs_horizon"], cfg["act_horizon"], cfg["pred_horizon"],
+                                     cfg["diffusion_step_embed_dim"], cfg["unet_dims"], cfg["n_groups"])
     else:
         policy = BeTPolicy(obs_dim, act_dim, cfg["context_window"], cfg["n_clusters"], cfg["n_layers"],
                            cfg["n_heads"], cfg["n_embedding"])
@@ -202,13 +281,17 @@ def load_base_policy(ckpt_path: str | Path, kind: str, obs_dim: int, act_dim: in
 def frozen_base_actions(policy: nn.Module, kind: str, cfg: dict, ddim_steps: int = 4, ddpm_steps: int | None = None):
     """The frozen base exactly as Policy Decorator runs it, online and in evaluations.
 
-    Returns (act, obs_horizon, act_horizon) with act: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim).
+    Returns (act, obs_horizon, act_horizon) with act: obs window -> (chunk (N, act_horizon, act_dim), what the
+    residual policy sees (N, D)): the latest observation (N, obs_dim) for state bases, the latest frame's
+    embedding for the RGB-D Diffusion Policy (as in the upstream: the residual policy sees no pixels).
     Diffusion Policy: DDIM with `ddim_steps` (or DDPM with `ddpm_steps`, if given), executing
     cfg["act_horizon"] actions per decision. BeT: one action per decision.
     """
-    if kind == "diffusion":
+    if kind.startswith("diffusion"):
         policy.use_sampler(*(("ddim", ddim_steps) if ddpm_steps is None else ("ddpm", ddpm_steps)))
-        return policy.get_action, cfg["obs_horizon"], cfg["act_horizon"]
+        if kind == "diffusion_rgbd":
+            return policy.act_and_embedding, cfg["obs_horizon"], cfg["act_horizon"]
+        return (lambda obs_seq: (policy.get_action(obs_seq), obs_seq[:, -1])), cfg["obs_horizon"], cfg["act_horizon"]
     # NOTE(original): the frozen BeT keeps dropout on ("BeT performs better with dropout in our experiments").
     policy.train()
-    return (lambda obs_seq: policy.get_action(obs_seq)[:, None]), cfg["context_window"], 1
+    return (lambda obs_seq: (policy.get_action(obs_seq)[:, None], obs_seq[:, -1])), cfg["context_window"], 1

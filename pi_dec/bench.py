@@ -9,7 +9,9 @@
   memory of its process tree;
 - offline training iterations/s and peak memory for both base policies (synthetic demonstrations of
   the task's dimensions);
-- base-policy inference latency at batch 1 and batch --num-envs.
+- base-policy inference latency at batch 1 and batch --num-envs;
+- RGB-D (ManiSkill2 tasks, 64x64 cameras): raw env steps/s, the online loop around a random RGB-D
+  Diffusion Policy (the script's defaults), and offline iterations/s at batch 256 with peak memory.
 
 The offline and latency figures use CUDA when torch sees a GPU (as the scripts do), the CPU otherwise;
 on CUDA the peak memory also gives the GPU's (torch.cuda.max_memory_allocated).
@@ -34,12 +36,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def env_throughput(env_id: str, num_envs: int, steps: int) -> float:
+RGBD_SIZE = (64, 64)  # the upstream's cube/faucet camera size
+
+
+def env_throughput(env_id: str, num_envs: int, steps: int, obs_mode: str = "state") -> float:
     from pi_dec.make_env import make_vec_env
+    from pi_dec.rgbd import camera_kwargs
     from pi_dec.suites import suite_for
 
+    kwargs = camera_kwargs(RGBD_SIZE) if obs_mode == "rgbd" else {}
     envs = make_vec_env(env_id, num_envs, seed=0, control_mode=suite_for(env_id).control_mode(None),
-                        asynchronous=num_envs > 1)
+                        asynchronous=num_envs > 1, obs_mode=obs_mode, env_kwargs=kwargs)
     envs.reset(seed=0)
     actions = np.zeros((num_envs, 1, envs.single_action_space.shape[0]))
     envs.step(actions)
@@ -55,12 +62,16 @@ def make_base_checkpoint(kind: str, folder: Path, obs_dim: int, act_dim: int, co
     """A randomly initialised base policy in the official layout (speed does not depend on weights)."""
     import torch
 
-    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
+    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, DiffusionPolicyRGBD
 
-    if kind == "diffusion":
+    if kind.startswith("diffusion"):
         cfg = {"obs_horizon": 2, "act_horizon": 4, "pred_horizon": 16, "diffusion_step_embed_dim": 64,
                "unet_dims": [64, 128, 256], "n_groups": 8, "control_mode": control_mode}
-        policy = DiffusionPolicy(obs_dim, act_dim, 2, 4, 16)
+        if kind == "diffusion_rgbd":  # obs_dim: the state vector's; two cameras
+            policy = DiffusionPolicyRGBD(obs_dim, 6, RGBD_SIZE, act_dim, 2, 4, 16)
+            cfg["image_size"] = list(RGBD_SIZE)
+        else:
+            policy = DiffusionPolicy(obs_dim, act_dim, 2, 4, 16)
         state = {"agent": policy.state_dict(), "ema_agent": policy.state_dict()}
     else:
         cfg = {"context_window": 20, "n_layers": 4, "n_heads": 4, "n_embedding": 128, "n_clusters": 8,
@@ -94,13 +105,18 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pi_dec.policy_decorator import probe_dims
+    from pi_dec.rgbd import camera_kwargs
     from pi_dec.suites import suite_for
 
     tmp = Path(tempfile.mkdtemp(prefix="pi_dec_bench_"))
     control_mode = suite_for(env_id).control_mode(None)
-    obs_dim, act_dim = probe_dims(env_id, control_mode, {})
+    if kind == "diffusion_rgbd":
+        obs_dim, act_dim = probe_dims(env_id, control_mode, camera_kwargs(RGBD_SIZE), "rgbd")
+    else:
+        obs_dim, act_dim = probe_dims(env_id, control_mode, {})
     ckpt = make_base_checkpoint(kind, tmp / "base", obs_dim, act_dim, control_mode)
-    script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py"}[kind]
+    script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py",
+              "diffusion_rgbd": "online/pi_dec_diffusion_maniskill2_rgbd.py"}[kind]
     learning_starts = total // 4
     cmd = [sys.executable, str(ROOT / script), "--env-id", env_id, "--base-policy-ckpt", str(ckpt),
            "--num-envs", str(num_envs), "--training-freq", str(max(64, num_envs)), "--total-timesteps", str(total),
@@ -154,22 +170,29 @@ def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
 
     import torch
 
-    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
+    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, DiffusionPolicyRGBD
     from pi_dec.demo_data import random_batches
     from pi_dec.run import setup_torch
 
     device = setup_torch(0, True, threads, deterministic=False).type  # CUDA when present, as the scripts
     rng = np.random.default_rng(0)
-    trajs = [{"obs": rng.standard_normal((151, 50)).astype(np.float32),
-              "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(100)]
-    script = ROOT / ("offline/diffusion_policy_unet_maniskill2.py" if kind == "diffusion" else "offline/bet_maniskill2.py")
+    if kind == "diffusion_rgbd":  # 20 demos of 150 steps, two 64x64 cameras (uint8 rgb, half-precision depth)
+        trajs = [{"obs": {"rgb": rng.integers(0, 256, (151, 6, *RGBD_SIZE), dtype=np.uint8),
+                          "depth": rng.uniform(0, 2, (151, 2, *RGBD_SIZE)).astype(np.float16),
+                          "state": rng.standard_normal((151, 7)).astype(np.float32)},
+                  "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(20)]
+    else:
+        trajs = [{"obs": rng.standard_normal((151, 50)).astype(np.float32),
+                  "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(100)]
+    script = ROOT / ("offline/bet_maniskill2.py" if kind == "bet" else "offline/diffusion_policy_unet_maniskill2.py")
     spec = importlib.util.spec_from_file_location(f"bench_{kind}", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    if kind == "diffusion":
+    if kind.startswith("diffusion"):
         data = module.WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", device)
-        policy = DiffusionPolicy(50, 7, 2, 4, 16).to(device)
+        policy = (DiffusionPolicyRGBD(7, 6, RGBD_SIZE, 7, 2, 4, 16, random_shift=2) if kind == "diffusion_rgbd"
+                  else DiffusionPolicy(50, 7, 2, 4, 16)).to(device)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
 
         def loss_of(o, a):
@@ -252,7 +275,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="torch threads of the online runs' SAC updates (default: theirs, all cores)")
     parser.add_argument("--hidden-dim", type=int, default=None,
                         help="width of the online runs' SAC networks (default: theirs, 256)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["env", "online", "offline", "latency"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["env", "online", "offline", "latency", "state", "rgbd"],
+                        help="rows to leave out; state / rgbd: the state- / RGB-D-observation rows (RGB-D: 64x64 "
+                             "cameras, ManiSkill2 tasks only)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--_offline", nargs=4, help=argparse.SUPPRESS)
     return parser
@@ -282,18 +308,29 @@ def main() -> None:
                            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                            "torch_threads": threads, "update_threads": args.update_threads or os.cpu_count(),
                            "env_id": args.env_id, "num_envs": args.num_envs, "sac_hidden_dim": args.hidden_dim or 256}}
-    if "env" not in args.skip:
+    state = "state" not in args.skip
+    if state and "env" not in args.skip:
         figures["raw_env_steps_per_s"] = {f"{n}_envs": env_throughput(args.env_id, n, args.env_steps)
                                           for n in sorted({1, args.num_envs})}
-    if "online" not in args.skip:
+    if state and "online" not in args.skip:
         figures["online"] = {k: online_loop(k, args.env_id, args.num_envs, args.online_steps, threads,
                                             args.update_threads, args.hidden_dim)
                              for k in ("diffusion", "bet")}
-    if "offline" not in args.skip:
+    if state and "offline" not in args.skip:
         figures["offline"] = {f"{k}_batch{bs}": offline(k, bs, args.offline_iters, threads)
                               for k, sizes in (("diffusion", (256, 1024)), ("bet", (256, 2048))) for bs in sizes}
     if "latency" not in args.skip:
         figures["latency_ms"] = inference_latency(args.num_envs, threads)
+    if "rgbd" not in args.skip and not args.env_id.startswith("AdroitHand"):
+        rgbd = figures["rgbd"] = {}
+        if "env" not in args.skip:
+            rgbd["raw_env_steps_per_s"] = {f"{n}_envs": env_throughput(args.env_id, n, args.env_steps, "rgbd")
+                                           for n in sorted({1, args.num_envs})}
+        if "online" not in args.skip:
+            rgbd["online"] = online_loop("diffusion_rgbd", args.env_id, args.num_envs, args.online_steps, threads,
+                                         args.update_threads, args.hidden_dim)
+        if "offline" not in args.skip:
+            rgbd["offline_batch256"] = offline("diffusion_rgbd", 256, args.offline_iters, threads)
 
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -317,6 +354,17 @@ def main() -> None:
     device = latency.pop("device", "cpu")
     for name, ms in latency.items():
         print(f"inference {name} ({device}): {ms:.1f} ms")
+    rgbd = figures.get("rgbd", {})
+    for n, sps in rgbd.get("raw_env_steps_per_s", {}).items():
+        print(f"RGB-D {RGBD_SIZE[0]}x{RGBD_SIZE[1]} raw env steps/s ({n}): {sps:.0f}")
+    if "online" in rgbd:
+        f = rgbd["online"]
+        print("RGB-D online diffusion: " + (f.get("error") or f"{f['env_steps_per_s']:.0f} env steps/s; time share "
+                                            f"{f['share']}; peak memory {f['peak_rss_mb']} MB RSS ({f['peak_uss_mb']} MB unique)"))
+    if "offline_batch256" in rgbd:
+        f = rgbd["offline_batch256"]
+        print("RGB-D offline diffusion batch 256: " + (f.get("error") or f"{f['iters_per_s']:.2f} it/s, peak RSS "
+                                                       f"{f['peak_rss_mb']:.0f} MB ({f['device']})"))
 
 
 if __name__ == "__main__":

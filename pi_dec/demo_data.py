@@ -47,11 +47,12 @@ def mode_sibling(h5_path: Path, control_mode: str) -> Path:
 
 
 def load_demos(demo_path: str | Path, control_mode: str | None = None,
-               num_traj: int | None = None) -> list[dict]:
+               num_traj: int | None = None, rgbd: tuple | None = None) -> list[dict]:
     """The first `num_traj` trajectories (by index) as dicts of float32 arrays:
     obs (L+1, obs_dim) and actions (L, act_dim).
 
-    `control_mode`, if given, must equal the mode the file was recorded in.
+    `control_mode`, if given, must equal the mode the file was recorded in. With `rgbd` = (state parts,
+    the env's observation space), obs is {state, rgb, depth} of RGB-D frames (pi_dec/rgbd.py).
     """
     h5_path = Path(demo_path)
     if not h5_path.exists():
@@ -82,12 +83,16 @@ def load_demos(demo_path: str | Path, control_mode: str | None = None,
         raise DemoFileError(f"{h5_path} is not an HDF5 file ({err}). {GENERATE_HINT}") from None
     try:
         with h5:
-            return _read_trajectories(h5, h5_path, ids)
+            return _read_trajectories(h5, h5_path, ids, rgbd)
     except (OSError, RuntimeError, KeyError) as err:  # h5py's errors for damaged files
         raise DemoFileError(f"{h5_path} is damaged ({err}). {GENERATE_HINT}") from None
 
 
-def _read_trajectories(h5: h5py.File, h5_path: Path, ids: list[int]) -> list[dict]:
+def _read_nested(group: h5py.Group) -> dict:
+    return {k: _read_nested(v) if isinstance(v, h5py.Group) else v[()] for k, v in group.items()}
+
+
+def _read_trajectories(h5: h5py.File, h5_path: Path, ids: list[int], rgbd: tuple | None = None) -> list[dict]:
     """traj_<i>/{obs, actions} for each listed id, checked."""
     trajs = []
     for i in ids:
@@ -96,10 +101,14 @@ def _read_trajectories(h5: h5py.File, h5_path: Path, ids: list[int]) -> list[dic
             raise DemoFileError(f"{h5_path} has no group {name} with 'actions', which its JSON lists: "
                                 f"not a ManiSkill2 trajectory file, or the h5/json pair does not match.")
         group = h5[name]
+        if rgbd is not None:
+            trajs.append(_rgbd_trajectory(group, f"{h5_path}:{name}", rgbd))
+            continue
         if "obs" not in group or not isinstance(group["obs"], h5py.Dataset):
             kind = "image/dict observations" if "obs" in group else "no observations (obs_mode 'none')"
             raise DemoFileError(
-                f"{h5_path}:{name} has {kind}; the scripts need state observations. Convert with "
+                f"{h5_path}:{name} has {kind}; the state scripts need state observations (RGB-D files are for "
+                f"the *_rgbd.py scripts). Convert with "
                 f"`python -m mani_skill2.trajectory.replay_trajectory --traj-path {h5_path} -o state "
                 f"-c <control mode> --save-traj`.")
         traj = as_trajectory(group["obs"], group["actions"], f"{h5_path}:{name}")
@@ -109,6 +118,26 @@ def _read_trajectories(h5: h5py.File, h5_path: Path, ids: list[int]) -> list[dic
                                 f"from traj_{ids[0]}'s {trajs[0]['obs'].shape[1]}/{trajs[0]['actions'].shape[1]}.")
         trajs.append(traj)
     return trajs
+
+
+def _rgbd_trajectory(group: h5py.Group, where: str, rgbd: tuple) -> dict:
+    from pi_dec.rgbd import demo_obs
+
+    obs = group.get("obs")
+    if not isinstance(obs, h5py.Group) or "image" not in obs:
+        raise DemoFileError(f"{where} has no RGB-D observations (obs/image); make the file with `python -m "
+                            f"pi_dec.demos.rgbd --traj-path <raw demos .h5> -c <control mode>` (README).")
+    parts, key_order = rgbd
+    try:
+        frames = demo_obs(_read_nested(obs), parts, key_order)
+    except KeyError as err:
+        raise DemoFileError(f"{where}: its observations lack {err}, which this task's RGB-D observations have: "
+                            "recorded on another task?") from None
+    actions = np.asarray(group["actions"], dtype=np.float32)
+    if actions.ndim != 2 or len(frames["state"]) != len(actions) + 1:
+        raise DemoFileError(f"{where}: {len(frames['state'])} observations and actions {actions.shape} do not fit "
+                            "(need L+1 observations for L actions).")
+    return {"obs": frames, "actions": actions}
 
 
 def as_trajectory(obs, actions, where: str, fix: str = "") -> dict:

@@ -1,8 +1,8 @@
 """Build the (vectorized) envs every script uses, for any suite (ManiSkill2, Adroit: pi_dec/suites.py).
 
-One env = the suite's task (sparse reward, state obs, a control mode)
-        -> [RecordEpisode video] -> episode statistics -> action clipping
-        -> frame stack to `obs_horizon` -> action-chunk execution.
+One env = the suite's task (sparse reward, state or RGB-D obs, a control mode)
+        -> [RecordEpisode video] -> [RGB-D obs as {state, rgb, depth}: pi_dec/rgbd.py] -> episode statistics
+        -> action clipping -> frame stack to `obs_horizon` -> action-chunk execution.
 
 This module is what env worker processes import (AsyncVectorEnv pickles the thunk by reference),
 so it must not import torch or anything heavy beyond gymnasium and the simulators.
@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 import pi_dec  # noqa: F401  (sets up Vulkan before sapien is imported)
+from pi_dec.rgbd import DictFrameStack, RGBDObsWrapper
 from pi_dec.suites import ManiSkill2Suite, UnknownEnvError, suite_for  # noqa: F401  (UnknownEnvError: re-export)
 
 
@@ -75,9 +76,11 @@ def make_env(env_id: str, seed: int, control_mode: str | None = None, obs_horizo
 
     def thunk() -> gym.Env:
         env = suite_for(env_id).make(env_id, control_mode, obs_mode, video_dir, env_kwargs, max_episode_steps)
+        if obs_mode == "rgbd":
+            env = RGBDObsWrapper(env, env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env = gym.wrappers.ClipAction(env)
-        env = gym.wrappers.FrameStack(env, obs_horizon)
+        env = DictFrameStack(env, obs_horizon) if obs_mode == "rgbd" else gym.wrappers.FrameStack(env, obs_horizon)
         if act_chunks:
             env = ActionChunkWrapper(env)
         if reset_seeds:

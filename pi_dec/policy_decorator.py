@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
+from pi_dec.rgbd import RGBDObsWrapper, camera_kwargs
 from pi_dec.nets.sac import LOG_STD_MAX, ResidualActor, SoftQNetwork, xavier_init_
 from pi_dec.suites import suite_for
 from pi_dec.run import (COUNT, POSITIVE, RUN_RULES, Run, RunArgs, StepTimer, UsageError, at_least, between,
@@ -160,18 +161,25 @@ def actor_input(obs_last: torch.Tensor, base_flat: torch.Tensor | None, mode: st
 
 
 def decorated_policy(base_act, actor: ResidualActor | None, res_scale: float, actor_input_mode: str, device="cpu"):
-    """obs (N, window, obs_dim) -> executed chunks (N, H, A) as numpy: the base alone (actor None), or base
-    plus res_scale times the actor's deterministic residual (tanh of its mean). Used by every evaluation."""
+    """obs window -> executed chunks (N, H, A) as numpy: the base alone (actor None), or base plus res_scale
+    times the actor's deterministic residual (tanh of its mean). Used by every evaluation."""
 
     @torch.no_grad()
     def act(obs):
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        base_seq = base_act(obs_t)
+        base_seq, obs_last = base_act(obs_tensor(obs, device))
         if actor is None:
             return base_seq.cpu().numpy()
-        res = actor.get_eval_action(actor_input(obs_t[:, -1], base_seq.flatten(1), actor_input_mode))
+        res = actor.get_eval_action(actor_input(obs_last, base_seq.flatten(1), actor_input_mode))
         return combine(base_seq, res, res_scale).cpu().numpy()
     return act
+
+
+def obs_tensor(obs, device):
+    """State windows (N, T, obs_dim) as float32; RGB-D windows as a dict of tensors (images stay uint8)."""
+    if isinstance(obs, dict):
+        return {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
+    return torch.as_tensor(obs, dtype=torch.float32, device=device)
+
 
 
 def sac_update(args: OnlineArgs, updates: int, batch: tuple, res_dim: int, keep_base: bool, actor: ResidualActor,
@@ -279,10 +287,15 @@ class ReplayBuffer:
                 "rewards": self.rewards[:n].cpu(), "dones": self.dones[:n].cpu(), "pos": self.pos, "full": self.full}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load saved rows oldest first (a full ring starts at its `pos`), so that a resumed run with a larger
+        buffer appends after them and a smaller one keeps the newest."""
         n = len(state["rewards"])
+        order = torch.arange(n).roll(-state["pos"]) if state["full"] else torch.arange(n)
+        order = order[-self.capacity:]
         for key in ("obs", "next_obs", "actions", "rewards", "dones"):
-            getattr(self, key)[:n] = state[key].to(self.device)
-        self.pos, self.full = state["pos"], state["full"]
+            getattr(self, key)[:len(order)] = state[key][order].to(self.device)
+        self.full = len(order) == self.capacity
+        self.pos = len(order) % self.capacity
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -367,27 +380,31 @@ def crossed(step: int, span: int, every: int | None) -> bool:
     return bool(every) and (step - span) // every < step // every
 
 
-def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[torch.Tensor], torch.Tensor],
-          base_cfg: dict, act_horizon: int, obs_horizon: int, device: torch.device) -> Run:
-    """Run Policy Decorator around `base_act`: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim).
+def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable, base_cfg: dict, act_horizon: int,
+          obs_horizon: int, device: torch.device, obs_mode: str = "state", obs_dim: int | None = None) -> Run:
+    """Run Policy Decorator around `base_act`: obs window -> (chunk (N, act_horizon, act_dim), what the residual
+    policy sees (N, obs_dim)) (pi_dec.base_policies.frozen_base_actions).
 
-    `base_cfg` is the base policy's run config (its args.json); it gives the control mode.
+    `base_cfg` is the base policy's run config (its args.json); it gives the control mode (and, with
+    obs_mode "rgbd", the camera size). `obs_dim` defaults to the env's state observation size.
     """
     buffer_size = min(args.buffer_size or args.total_timesteps, args.total_timesteps)
     env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id)
+    if obs_mode == "rgbd":
+        env_kwargs |= camera_kwargs(base_cfg["image_size"])
     control_mode = base_cfg["control_mode"]
     resume = read_resume(args) if args.resume else None
     run = Run(args, algo_name, script, path=Path(args.resume).parent.parent if resume else None,
               extra={"base_policy": base_cfg, "act_horizon_executed": act_horizon})
 
     envs = make_vec_env(args.env_id, args.num_envs, args.seed, control_mode, obs_horizon,
-                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv)
+                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv, obs_mode=obs_mode)
     n_eval = min(args.num_eval_envs, args.num_eval_episodes)
     eval_envs = make_vec_env(args.env_id, n_eval, args.seed + 1000, control_mode, obs_horizon,
                              video_dir=str(run.path / "videos") if args.capture_video else None,
-                             env_kwargs=env_kwargs, asynchronous=not args.sync_venv)
+                             env_kwargs=env_kwargs, asynchronous=not args.sync_venv, obs_mode=obs_mode)
     eval_envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
-    obs_dim, act_dim = envs.single_observation_space.shape[-1], envs.single_action_space.shape[0]
+    obs_dim, act_dim = obs_dim or envs.single_observation_space.shape[-1], envs.single_action_space.shape[0]
     res_dim = act_horizon * act_dim  # the residual covers the whole chunk
 
     # ALGO LOGIC: networks
@@ -464,9 +481,8 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
         return result
 
     # --------------------------------------------------------------------------------------------- #
-    obs, _ = envs.reset(seed=args.seed + global_step)  # (N, obs_horizon, obs_dim)
-    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-    base_seq = base_act(obs_t)  # (N, act_horizon, act_dim)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # (N, obs_horizon, obs_dim) or RGB-D windows
+    base_seq, obs_last = base_act(obs_tensor(obs, device))  # (N, act_horizon, act_dim), (N, obs_dim)
     updates_per_round = int(args.training_freq * args.utd)
     # Collection and updates take turns: while the MLPs train, the env workers sit idle, so the updates
     # may use every core; collection keeps --num-threads (the workers need the other cores then).
@@ -487,7 +503,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
                 res = torch.rand(args.num_envs, res_dim, device=device) * 2 - 1
             else:
                 with torch.no_grad():
-                    res, _, _ = actor.get_action(actor_input(obs_t[:, -1], base_flat, args.actor_input))
+                    res, _, _ = actor.get_action(actor_input(obs_last, base_flat, args.actor_input))
             res = res * use_res[:, None]  # a residual of 0: the base policy acts alone
             action_seq = combine(base_seq, res, args.res_scale)  # ALGO LOGIC: base + res_scale * residual
             timer.lap("collect/policy")
@@ -501,26 +517,24 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable[[tor
 
             # ALGO LOGIC: bootstrap handling at episode ends
             stop, need_final = bootstrap_masks(terminated, truncated, args.bootstrap_at_done)
-            real_next = next_obs.copy()
-            for i in np.flatnonzero(need_final):
-                real_next[i] = infos["final_observation"][i]
-            next_obs_t = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
-            # The next decision's base action doubles as the next state's base action in the buffer;
-            # only envs whose transition ends in a final observation need their own base call.
-            next_base_seq = base_act(next_obs_t)
-            if keep_base:
-                base_next_flat = next_base_seq.flatten(1).clone()
-                if need_final.any():
-                    final_t = torch.as_tensor(real_next[need_final], dtype=torch.float32, device=device)
-                    base_next_flat[torch.as_tensor(need_final, device=device)] = base_act(final_t).flatten(1)
-            else:
-                base_next_flat = base_flat  # unused
+            # The next decision's base call doubles as the next state's in the buffer (its base action and
+            # what the residual sees); only envs whose transition ends in a final observation (the one
+            # before the automatic reset) need their own call on it.
+            next_base_seq, next_last = base_act(obs_tensor(next_obs, device))
+            real_next_last, base_next_flat = next_last.clone(), next_base_seq.flatten(1).clone()
+            if need_final.any():
+                finals = np.flatnonzero(need_final)
+                final_obs = [infos["final_observation"][i] for i in finals]
+                final_obs = ({k: np.stack([o[k] for o in final_obs]) for k in final_obs[0]}
+                             if isinstance(final_obs[0], dict) else np.stack(final_obs))
+                final_seq, final_last = base_act(obs_tensor(final_obs, device))
+                rows = torch.as_tensor(finals, device=device)
+                real_next_last[rows], base_next_flat[rows] = final_last, final_seq.flatten(1)
             timer.lap("collect/base_policy")
-            rb.add(obs_t[:, -1], torch.as_tensor(real_next[:, -1], dtype=torch.float32, device=device), res,
-                   base_flat, base_next_flat,
+            rb.add(obs_last, real_next_last, res, base_flat, base_next_flat,
                    torch.as_tensor(reward - 1.0, dtype=torch.float32, device=device),  # sparse reward - 1
                    torch.as_tensor(stop, dtype=torch.float32, device=device))
-            obs_t, base_seq = next_obs_t, next_base_seq
+            obs_last, base_seq = next_last, next_base_seq
             timer.lap("collect/buffer")
         progress.update(args.training_freq)
 
@@ -570,22 +584,32 @@ def load_frozen_base(args: OnlineArgs, kind: str, overrides: dict | None = None)
     Returns (policy, merged config, device); the config is the checkpoint's args.json with the
     online script's overrides, and tells control_mode and the horizons.
     """
-    from pi_dec.base_policies import load_base_policy, read_checkpoint
+    from pi_dec.base_policies import CheckpointError, load_base_policy, policy_kind, read_checkpoint
 
-    _, run_args = read_checkpoint(args.base_policy_ckpt)  # clear errors before any env starts
     suite = suite_for(args.env_id)
-    control_mode = suite.control_mode(run_args.setdefault("control_mode", suite.default_control_mode))
     env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id)
-    check_env(args.env_id, env_kwargs)
+    check_env(args.env_id, env_kwargs)  # missing assets first (before the checkpoint: the README's order)
+    state, run_args = read_checkpoint(args.base_policy_ckpt)
+    control_mode = suite.control_mode(run_args.setdefault("control_mode", suite.default_control_mode))
+    obs_mode = "state"
+    if kind == "diffusion_rgbd" and policy_kind(state) == kind:  # (another kind: load_base_policy says so)
+        if not isinstance(run_args.get("image_size"), list) or len(run_args["image_size"]) != 2:
+            raise CheckpointError(f"{args.base_policy_ckpt}: its run's args.json has no image_size [height, width]: "
+                                  "not a run of offline/diffusion_policy_unet_maniskill2_rgbd.py.")
+        obs_mode, env_kwargs = "rgbd", env_kwargs | camera_kwargs(run_args["image_size"])
     device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
-    obs_dim, act_dim = probe_dims(args.env_id, control_mode, env_kwargs)
+    obs_dim, act_dim = probe_dims(args.env_id, control_mode, env_kwargs, obs_mode)
     policy, cfg = load_base_policy(args.base_policy_ckpt, kind, obs_dim, act_dim, overrides)
     return policy.to(device), cfg, device
 
 
-def probe_dims(env_id: str, control_mode: str, env_kwargs: dict) -> tuple[int, int]:
-    """Observation and action dims of a task (from its spaces, without stepping)."""
-    env = suite_for(env_id).make(env_id, control_mode, "state", None, env_kwargs, None)
-    dims = env.observation_space.shape[0], env.action_space.shape[0]
+def probe_dims(env_id: str, control_mode: str, env_kwargs: dict, obs_mode: str = "state") -> tuple[int, int]:
+    """Observation (with obs_mode "rgbd": state vector) and action dims of a task, from its spaces."""
+    env = suite_for(env_id).make(env_id, control_mode, obs_mode, None, env_kwargs, None)
+    if obs_mode == "rgbd":
+        env = RGBDObsWrapper(env, env_id)
+        dims = env.observation_space["state"].shape[0], env.action_space.shape[0]
+    else:
+        dims = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
     return dims

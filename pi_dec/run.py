@@ -213,19 +213,20 @@ class Run:
 
 
 def offline_eval_envs(args, window: int, obs_dim: int, act_dim: int, run: Run, env_kwargs: dict,
-                      act_chunks: bool = True):
+                      act_chunks: bool = True, obs_mode: str = "state"):
     """Evaluation envs of an offline run, seeded once; None when no evaluation will run (they are worker
-    processes, so they are not started for nothing)."""
+    processes, so they are not started for nothing). With obs_mode "rgbd", obs_dim is the state vector's."""
     from pi_dec.make_env import make_vec_env
 
     if not args.eval_freq or args.eval_freq > args.total_iters:
         return None
     envs = make_vec_env(args.env_id, min(args.num_eval_envs, args.num_eval_episodes), args.seed + 1000,
                         args.control_mode, window, video_dir=str(run.path / "videos") if args.capture_video else None,
-                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv, act_chunks=act_chunks)
+                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv, act_chunks=act_chunks, obs_mode=obs_mode)
     envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
-    if envs.single_observation_space.shape != (window, obs_dim) or envs.single_action_space.shape != (act_dim,):
-        raise UsageError(f"{args.env_id} ({args.control_mode}) has observations {envs.single_observation_space.shape[1:]} "
+    obs_space = envs.single_observation_space["state"] if obs_mode == "rgbd" else envs.single_observation_space
+    if obs_space.shape != (window, obs_dim) or envs.single_action_space.shape != (act_dim,):
+        raise UsageError(f"{args.env_id} ({args.control_mode}) has observations {obs_space.shape[1:]} "
                          f"and actions {envs.single_action_space.shape}, the demonstrations ({obs_dim},) and ({act_dim},).")
     return envs
 

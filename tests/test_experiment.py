@@ -59,7 +59,7 @@ def test_refined_policy_adds_the_scaled_deterministic_residual():
 
     torch.manual_seed(0)
     obs = np.random.default_rng(0).normal(size=(3, 2, 5)).astype(np.float32)  # (N, window, obs_dim)
-    base_act = lambda o: torch.ones(o.shape[0], 4, 2) * 0.5  # noqa: E731  (a fixed chunk: H = 4, A = 2)
+    base_act = lambda o: (torch.ones(o.shape[0], 4, 2) * 0.5, o[:, -1])  # noqa: E731  (a fixed chunk: H = 4, A = 2)
     actor = ResidualActor(5 + 8, 8, hidden=16)  # sees the observation and the base chunk
     torch.nn.init.normal_(actor.fc_mean.weight, std=1.0)  # a residual far from 0, some dims saturated
     base = decorated_policy(base_act, None, 0.1, "obs_base_action")(obs)

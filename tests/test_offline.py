@@ -180,7 +180,8 @@ def test_offline_scripts_write_loadable_checkpoints_in_the_official_layout(offli
     policy, cfg = load_base_policy(run / "checkpoints" / "best.pt", kind, obs_dim, act_dim)
     act, window, horizon = frozen_base_actions(policy, kind, cfg)
     obs_seq = torch.as_tensor(load_demos(run_args["demo_path"])[0]["obs"][:window], dtype=torch.float32)
-    actions = act(obs_seq[None].expand(3, -1, -1))
+    actions, seen = act(obs_seq[None].expand(3, -1, -1))
+    assert torch.equal(seen, obs_seq[-1].expand(3, -1))  # the residual policy sees the latest observation
     assert actions.shape == (3, horizon, act_dim) and horizon == (8 if kind == "diffusion" else 1)
     assert torch.isfinite(actions).all()
     if kind == "diffusion":  # DDIM clips its estimate of the clean chunk: the last step returns it

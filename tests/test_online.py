@@ -80,9 +80,18 @@ def test_replay_buffer_wraps_around_and_round_trips():
     np.testing.assert_array_equal(no - o, 1)
     np.testing.assert_array_equal(a[:, 0], o[:, 0])  # residual column stored next to its observation
     np.testing.assert_array_equal(a[:, 1:], [[0, 1]] * 64)  # then base and next base
+    chronological = rb.obs[:, 0].roll(-rb.pos)  # oldest first: one of step 0's two rows is left
+    np.testing.assert_array_equal(chronological, [0, 1, 1, 2, 2])
     copy = ReplayBuffer(capacity=5, obs_dim=2, res_dim=1, keep_base=True, device="cpu")
     copy.load_state_dict(rb.state_dict())
-    assert (copy.obs == rb.obs).all() and copy.pos == rb.pos and copy.full
+    assert torch.equal(copy.obs[:, 0], chronological) and copy.full and copy.pos == 0
+    larger = ReplayBuffer(capacity=8, obs_dim=2, res_dim=1, keep_base=True, device="cpu")  # resumed, longer run
+    larger.load_state_dict(rb.state_dict())
+    assert len(larger) == 5 and not larger.full and larger.pos == 5  # new rows go after the old, no empty rows
+    assert torch.equal(larger.obs[:5, 0], chronological)
+    smaller = ReplayBuffer(capacity=3, obs_dim=2, res_dim=1, keep_base=True, device="cpu")
+    smaller.load_state_dict(rb.state_dict())
+    assert torch.equal(smaller.obs[:, 0], chronological[-3:]) and smaller.full and smaller.pos == 0  # the newest
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -93,16 +93,18 @@ def merge_shards(shard_paths: list[str], out_path: str) -> None:
     fix_env_info(out_path)
 
 
-def convert(raw_h5: str, control_mode: str, num_procs: int = 1) -> Path:
-    """Replay `raw_h5` (pd_joint_pos) into `control_mode` with state obs; returns the new h5 path.
+def convert(raw_h5: str, control_mode: str, num_procs: int = 1, obs_mode: str = "state", count: int | None = None,
+            same_mode: bool = False, extra: tuple[str, ...] = ()) -> Path:
+    """Replay `raw_h5` into `control_mode` with `obs_mode` observations; returns the new h5 path.
 
     Runs ManiSkill2's replay tool (through `pi_dec.demos.replay`, which knows our -v2 ids) in a child
-    process. Episodes that fail after conversion are dropped by the tool.
+    process. Episodes that fail after conversion are dropped by the tool. `same_mode`: the file is already
+    in `control_mode` (the tool then replays it as it is; it refuses a "conversion" to the same mode).
     """
-    args = ["--traj-path", raw_h5, "--obs-mode", "state", "--target-control-mode", control_mode,
-            "--save-traj", "--num-procs", str(num_procs)]
+    args = ["--traj-path", raw_h5, "--obs-mode", obs_mode, *([] if same_mode else ["--target-control-mode", control_mode]),
+            "--save-traj", "--num-procs", str(num_procs), *(["--count", str(count)] if count else []), *extra]
     result = subprocess.run([sys.executable, "-m", "pi_dec.demos.replay", *args], capture_output=True, text=True)
-    out = Path(raw_h5).with_name(Path(raw_h5).stem + f".state.{control_mode}.h5")
+    out = Path(raw_h5).with_name(Path(raw_h5).stem + f".{obs_mode}.{control_mode}.h5")
     if result.returncode != 0 or not out.exists():
         raise RuntimeError(f"conversion to {control_mode} failed:\n{result.stderr[-3000:]}")
     fix_env_info(str(out))
