@@ -77,8 +77,8 @@ RULES = OFFLINE_RULES | {
 }
 
 
-def check_args(args: Args) -> None:
-    check_numbers(args, RULES)
+def check_args(args: Args, rules: dict = RULES) -> None:
+    check_numbers(args, rules)
     check_eval_episodes(args)
     if args.obs_horizon + args.act_horizon - 1 > args.pred_horizon:  # the executed chunk must be predicted
         raise UsageError(f"--pred-horizon {args.pred_horizon}: must be at least --obs-horizon + --act-horizon - 1 "

@@ -29,7 +29,7 @@ from pi_dec.base_policies import DiffusionPolicyRGBD
 from pi_dec.demo_data import DemoFileError, load_demos, random_batches
 from pi_dec.make_env import check_env
 from pi_dec.rgbd import camera_kwargs, state_parts
-from pi_dec.run import Run, StepTimer, at_least, check_numbers, offline_eval_envs, run_episodes, setup_torch, user_errors
+from pi_dec.run import Run, StepTimer, at_least, offline_eval_envs, run_episodes, setup_torch, user_errors
 from pi_dec.suites import suite_for
 
 ALGO_NAME = "Offline-DiffusionPolicy-UNet-RGBD"
@@ -62,8 +62,7 @@ def camera_size(demo_path: str) -> tuple[int, int]:
 
 
 def main(args: Args) -> Run:
-    check_numbers(args, RULES | {"random_shift": at_least(0, " (0: no augmentation)")})
-    check_args(args)
+    check_args(args, RULES | {"random_shift": at_least(0, " (0: no augmentation)")})
     suite = suite_for(args.env_id)
     args.control_mode = suite.control_mode(args.control_mode)
     parts = state_parts(args.env_id)

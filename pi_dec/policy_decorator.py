@@ -521,14 +521,15 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable, bas
             # what the residual sees); only envs whose transition ends in a final observation (the one
             # before the automatic reset) need their own call on it.
             next_base_seq, next_last = base_act(obs_tensor(next_obs, device))
-            real_next_last, base_next_flat = next_last.clone(), next_base_seq.flatten(1).clone()
-            if need_final.any():
+            real_next_last, base_next_flat = next_last, next_base_seq.flatten(1)
+            if need_final.any():  # (copies: next_last and next_base_seq serve the next decision unchanged)
                 finals = np.flatnonzero(need_final)
                 final_obs = [infos["final_observation"][i] for i in finals]
                 final_obs = ({k: np.stack([o[k] for o in final_obs]) for k in final_obs[0]}
                              if isinstance(final_obs[0], dict) else np.stack(final_obs))
                 final_seq, final_last = base_act(obs_tensor(final_obs, device))
                 rows = torch.as_tensor(finals, device=device)
+                real_next_last, base_next_flat = real_next_last.clone(), base_next_flat.clone()
                 real_next_last[rows], base_next_flat[rows] = final_last, final_seq.flatten(1)
             timer.lap("collect/base_policy")
             rb.add(obs_last, real_next_last, res, base_flat, base_next_flat,
