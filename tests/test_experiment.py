@@ -78,6 +78,23 @@ def test_with_flags_replaces_values_without_touching_the_original():
     assert args[1] == "10"
 
 
+@pytest.mark.parametrize("task,base", sorted(BUDGETS))
+def test_every_budget_is_flags_the_scripts_accept(task, base):
+    """A typo in a budget would surface an hour into a run; parse each with the scripts' own parser and checks."""
+    import tyro
+
+    from conftest import load_script
+    from pi_dec.experiment import SCRIPTS
+    from pi_dec.policy_decorator import validate
+
+    budget = BUDGETS[(task, base)]
+    offline_path, online_path = SCRIPTS[base]
+    offline, online = load_script(offline_path), load_script(online_path)
+    common = ["--env-id", task, "--control-mode", budget.control_mode]
+    offline.check_args(tyro.cli(offline.Args, args=common + budget.offline_args))
+    validate(tyro.cli(online.Args, args=["--env-id", task, *budget.online_args]), online.RULES)
+
+
 def _summary(seed, base, refined, jerk_base, jerk_refined, budget=QUICKSTART):
     return {"task": "PickCube-v0", "base": "diffusion", "seed": seed, "online_env_steps": 128000,
             "success_base": base, "success_refined": refined, "jerk_base": jerk_base, "jerk_refined": jerk_refined,
