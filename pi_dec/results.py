@@ -121,7 +121,8 @@ BUDGETS |= {(task, "bet"): ADROIT_BET for task in ADROIT_TASKS}
 # sampler drew. The upstream's --actor-input obs_base_action shows it the base chunk (results/NOTES.md, "Adroit").
 BUDGETS[("AdroitHandHammerSparse-v1", "diffusion")] = dataclasses.replace(
     ADROIT_DIFFUSION, offline_args=with_flags(ADROIT_DIFFUSION.offline_args, total_iters=2500),
-    online_args=ADROIT_DIFFUSION.online_args + ["--actor-input", "obs_base_action"])
+    online_args=with_flags(ADROIT_DIFFUSION.online_args, eval_freq=20000)
+    + ["--actor-input", "obs_base_action", "--utd", "0.5"])
 
 
 def machine() -> str:
