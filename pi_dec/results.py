@@ -127,7 +127,7 @@ BUDGETS[("AdroitHandHammerSparse-v1", "diffusion")] = dataclasses.replace(
     + ["--actor-input", "obs_base_action", "--utd", "0.5"])
 # Door: twice the SAC updates per transition too (--utd 0.5), paid for by 32 envs (the base samples 32 for ~6 ms
 # each against ~8 at 16) and 120,000 transitions. The weakest seed (base 0.25) ended at 0.78 (0.68 at utd 0.25 with
-# 140,000) in 54 min, its training episodes still rising (results/NOTES.md, "Adroit").
+# 140,000) in 54 min; three seeds 0.97, 0.91, 0.77 (0.95, 0.93, 0.68 before; results/NOTES.md, "Adroit").
 BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")] = dataclasses.replace(
     ADROIT_DIFFUSION, online_args=with_flags(ADROIT_DIFFUSION.online_args, num_envs=32, total_timesteps=120000,
                                               eval_freq=20000, save_freq=60000) + ["--utd", "0.5"])
