@@ -128,7 +128,7 @@ BUDGETS[("AdroitHandHammerSparse-v1", "diffusion")] = dataclasses.replace(
 # Door: twice the SAC updates per transition too (--utd 0.5), paid for by 32 envs (the base samples 32 for ~6 ms
 # each against ~8 at 16) and 120,000 transitions. The weakest seed (base 0.25) ended at 0.78 (0.68 at utd 0.25 with
 # 140,000) in 54 min; three seeds 0.97, 0.91, 0.77 (0.95, 0.93, 0.68 before; results/NOTES.md, "Adroit").
-# 3,500 base iterations: at 3,000 two of three Door bases had 0.21-0.22, below the paper's ~42%, and the final
+# Base iterations: at 3,000 two of three Door bases had 0.21-0.22, below the paper's ~42%, and the final
 # success followed the base (0.49 -> 0.97, 0.21 -> 0.91, 0.22 -> 0.77). At 3,500 the bases overshoot the target's
 # <= 0.60 (0.84 -> 0.99, 0.79 -> 1.00, 0.65 -> 0.97); at 4,000 seed 3's was ~0.8. A coarse knob: results/NOTES.md.
 # 3,250 sits between: bases 0.59, 0.53, 0.36 -> 0.96, 0.98, 0.97, inside the target on every seed.
