@@ -34,6 +34,9 @@ class Budget:
     eval_episodes: int = 100
     control_mode: str = "pd_ee_delta_pose"  # of the demos, the base policy and the online run
     demo_args: list[str] = field(default_factory=list)  # extra flags of `python -m pi_dec.demos`
+    # the base alone, no interaction, also evaluated with these Diffusion Policy samplers: [("ddpm", 20)]
+    base_samplers: list[tuple[str, int]] = field(default_factory=list)
+    online_script: str | None = None  # another online script than the base kind's (a baseline such as RLPD)
 
 
 def stage(title: str, cmd: list, log: Path | None = None) -> float:
@@ -127,21 +130,52 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     return out
 
 
+def load_frozen(base_ckpt: Path, kind: str, env_id: str, control_mode: str, act_horizon: int | None):
+    """The frozen base as the online scripts load it: (policy, its config, obs dim, act dim); `act_horizon`
+    overrides a Diffusion Policy's (the online script's --act-horizon)."""
+    from pi_dec.base_policies import load_base_policy
+    from pi_dec.policy_decorator import probe_dims
+
+    obs_dim, act_dim = probe_dims(env_id, control_mode, {})
+    overrides = {"act_horizon": act_horizon} if kind == "diffusion" and act_horizon else None
+    base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, overrides)
+    return base, cfg, obs_dim, act_dim
+
+
+def evaluate_base(base_ckpt: Path, kind: str, env_id: str, control_mode: str, seeds: list[int],
+                  samplers: list[tuple[str, int]], act_horizon: int | None = 4, num_envs: int = 10) -> dict:
+    """The base alone, with no interaction, under each sampler ("ddpm", 20) or ("ddim", 4) (Diffusion Policy;
+    BeT has none: pass [("bet", 0)]): {"ddpm20": evaluate_on_seeds(...), ...}."""
+    import torch
+
+    from pi_dec.base_policies import frozen_base_actions
+    from pi_dec.policy_decorator import decorated_policy
+
+    base, cfg, _, _ = load_frozen(base_ckpt, kind, env_id, control_mode, act_horizon)
+    out = {}
+    for sampler, steps in samplers:
+        name = f"{sampler}{steps}" if kind == "diffusion" else kind
+        base_act, obs_horizon, _ = frozen_base_actions(base, kind, cfg, ddim_steps=steps,
+                                                       ddpm_steps=steps if sampler == "ddpm" else None)
+        torch.manual_seed(0)
+        out[name] = evaluate_on_seeds(env_id, control_mode, obs_horizon, decorated_policy(base_act, None, 0, "obs"),
+                                      seeds, num_envs=num_envs, desc=f"base alone, {name}")
+    return out
+
+
 def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, seeds: list[int],
                   video_root: Path | None) -> dict:
     """Base alone and base + residual (deterministic) on the same seeds."""
     import torch
 
-    from pi_dec.base_policies import frozen_base_actions, load_base_policy
+    from pi_dec.base_policies import frozen_base_actions
     from pi_dec.nets.sac import ResidualActor
-    from pi_dec.policy_decorator import decorated_policy, probe_dims
+    from pi_dec.policy_decorator import decorated_policy
 
     online_args = json.loads((online_run / "args.json").read_text())
     base_cfg = online_args["base_policy"]
     control_mode = base_cfg["control_mode"]
-    obs_dim, act_dim = probe_dims(env_id, control_mode, {})
-    overrides = {"act_horizon": online_args["act_horizon"]} if kind == "diffusion" else None
-    base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, overrides)
+    base, cfg, obs_dim, act_dim = load_frozen(base_ckpt, kind, env_id, control_mode, online_args.get("act_horizon"))
     base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, online_args.get("ddim_steps", 4),
                                                          online_args.get("ddpm_steps"))
     final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
@@ -213,14 +247,31 @@ def _in_repo(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def eval_curve(online_run: Path) -> list[list[float]]:
+    """The online run's own evaluations as [env steps, success] pairs (small: kept in the summary, so that
+    figures can be drawn from the JSONs alone)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(online_run))
+    events.Reload()
+    if "eval/success" not in events.Tags()["scalars"]:
+        return []
+    horizon = json.loads((online_run / "args.json").read_text()).get("act_horizon_executed", 1)
+    return [[p.step * horizon, round(p.value, 4)] for p in events.Scalars("eval/success")]
+
+
 def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path, data_dir: Path,
-                   eval_seeds: list[int], video: bool = True) -> dict:
-    """The whole pipeline; returns (and writes to out/summary.json) a small summary."""
+                   eval_seeds: list[int], video: bool = True, base_dir: Path | None = None) -> dict:
+    """The whole pipeline; returns (and writes to out/summary.json) a small summary. `base_dir` (default
+    `out`) holds the base policy's run, so that variants of one experiment can share one base."""
     out.mkdir(parents=True, exist_ok=True)
+    base_dir = base_dir or out
+    base_dir.mkdir(parents=True, exist_ok=True)
     # the code that runs is the code at the start (the tree may change while a long run goes on)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip() or "unknown"
     offline_script, online_script = SCRIPTS[kind]
+    online_script = budget.online_script or online_script
     times = {}
     control_mode = budget.control_mode
     if not (data_dir / "summary.json").exists() or json.loads((data_dir / "summary.json").read_text())["successes"] < budget.num_demos:
@@ -231,19 +282,19 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     from pi_dec.run import atomic_write_text
 
     demo = demos_in_mode(data_dir, control_mode, num_procs=2)  # converts the demos if this mode is new there
-    offline_out, online_out = out / "offline", out / "online"
+    offline_out, online_out = base_dir / "offline", out / "online"
     base_cmd = [str(c) for c in (sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo,
                                  "--control-mode", control_mode, "--seed", seed, "--output-dir", offline_out,
                                  "--exp-name", "base", *budget.offline_args)]
-    reused = finished_base(out, base_cmd)
+    reused = finished_base(base_dir, base_cmd)
     if reused:  # an earlier run of this experiment trained this base with this command: a rerun starts online
         base_run, times["base"] = reused
         print(f"\n=== 2/4 base policy: reusing {_in_repo(base_run)} (same command, finished earlier; "
-              f"delete {_in_repo(out / BASE_DONE)} to retrain)", flush=True)
+              f"delete {_in_repo(base_dir / BASE_DONE)} to retrain)", flush=True)
     else:
         times["base"] = stage(f"2/4 base policy ({kind}) from the demonstrations", base_cmd)
         base_run = newest_run(offline_out)
-        atomic_write_text(out / BASE_DONE, json.dumps({"command": base_cmd,
+        atomic_write_text(base_dir / BASE_DONE, json.dumps({"command": base_cmd,
                                                        "base_run": _in_repo(base_run), "seconds": times["base"]}))
     base_ckpt = base_run / "checkpoints" / "best.pt"
     times["online"] = stage("3/4 Policy Decorator online", [
@@ -253,8 +304,10 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     print(f"\n=== 4/4 evaluating base and refined policy on the same {len(eval_seeds)} seeds", flush=True)
     t0 = time.time()
     results = eval_policies(base_ckpt, online_run, kind, env_id, eval_seeds, out / "videos" if video else None)
-    times["eval"] = time.time() - t0
     online_args = json.loads((online_run / "args.json").read_text())
+    base_alone = evaluate_base(base_ckpt, kind, env_id, control_mode, eval_seeds, budget.base_samplers,
+                               online_args.get("act_horizon")) if budget.base_samplers else {}
+    times["eval"] = time.time() - t0
     summary = {
         "task": env_id, "base": kind, "seed": seed, "num_demos": budget.num_demos, "control_mode": control_mode,
         "offline_args": budget.offline_args, "online_args": budget.online_args,
@@ -265,6 +318,10 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         "jerk_base": float(np.nanmean(results["base"]["jerk"])),
         "jerk_refined": float(np.nanmean(results["refined"]["jerk"])),
         "len_base": float(np.mean(results["base"]["len"])), "len_refined": float(np.mean(results["refined"]["len"])),
+        # the base alone with other samplers: what it reaches with no interaction at all
+        "success_base_samplers": {k: float(np.mean(r["success"])) for k, r in base_alone.items()},
+        "len_base_samplers": {k: float(np.mean(r["len"])) for k, r in base_alone.items()},
+        "curve": eval_curve(online_run),
         "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_seconds": round(sum(times.values()), 1),
         "commit": commit, "base_reused": bool(reused),
         "base_run": _in_repo(base_run), "online_run": _in_repo(online_run),

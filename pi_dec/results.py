@@ -1,8 +1,14 @@
-"""Results that accumulate across sessions: one experiment per (task, base policy, seed), each within
-about an hour on a 2-core CPU, each leaving a small JSON in results/runs/; the report is rebuilt from
-whatever JSONs exist.
+"""Results that accumulate across sessions: one experiment per (task, base policy, variant, seed), each
+within about an hour on a 2-core CPU, each leaving a small JSON; the report is rebuilt from whatever JSONs
+exist.
 
-    python -m pi_dec.results run --task PickCube-v0 --base diffusion --seed 1
+The protocol: every choice (a budget, a sampler, a flag) is made on the validation seeds, and the test seeds
+are evaluated only once it is frozen. `--split val` writes results/val/, `--split test` results/runs/ (the
+report shows only these).
+
+    python -m pi_dec.results base-curve --task AdroitHandDoorSparse-v1 --base diffusion --num-demos 25
+    python -m pi_dec.results run --task PickCube-v0 --base diffusion --seed 1 --split val
+    python -m pi_dec.results run --task PickCube-v0 --base diffusion --seed 1 --split test --variant no_prog
     python -m pi_dec.results report          # results/README.md, results/*.png, README section
 
 Budgets per task are below (CPU-sized: the paper's budgets are GPU budgets).
@@ -16,6 +22,7 @@ import json
 import platform
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +33,9 @@ from pi_dec.run import atomic_write_text, cli_flag
 from pi_dec.suites import ADROIT_TASKS
 
 RESULTS = ROOT / "results"
-EVAL_SEEDS = list(range(100_000, 100_100))
+TEST_SEEDS = list(range(100_000, 100_100))  # the reported numbers, once a budget is frozen
+VAL_SEEDS = list(range(200_000, 200_100))  # every choice; disjoint from the test seeds and from the demos' (0, 1, ...)
+SPLITS = {"val": VAL_SEEDS, "test": TEST_SEEDS}
 DEFAULT_MODE = Budget().control_mode
 
 def with_flags(args: list[str], **values) -> list[str]:
@@ -35,6 +44,13 @@ def with_flags(args: list[str], **values) -> list[str]:
     for name, value in values.items():
         out[out.index(cli_flag(name)) + 1] = str(value)
     return out
+
+
+def set_flags(args: list[str], **values) -> list[str]:
+    """with_flags, but a flag not yet in the list is appended: set_flags(a, prog_explore=1)."""
+    missing = {k: v for k, v in values.items() if cli_flag(k) not in args}
+    present = {k: v for k, v in values.items() if k not in missing}
+    return with_flags(args, **present) + [str(x) for k, v in missing.items() for x in (cli_flag(k), v)]
 
 
 def without(args: list[str], *switches: str) -> list[str]:
@@ -94,6 +110,7 @@ BUDGETS = {
 # 3e-5 the three Door seeds still rose at the end (0.92, 0.81, 0.48). Trials and numbers: results/NOTES.md, "Adroit".
 ADROIT_DIFFUSION = Budget(
     num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
+    base_samplers=[("ddpm", 20), ("ddpm", 100)],  # the base alone with more sampling steps: no interaction
     offline_args=["--unet-dims", "128", "256", "--batch-size", "64", "--lr", "3e-4", "--total-iters", "3000",
                   "--eval-freq", "0", "--save-freq", "0", "--log-freq", "100", "--num-threads", "2"],
     online_args=["--ddpm-steps", "6", "--num-envs", "16", "--num-threads", "2", "--total-timesteps", "140000",
@@ -138,6 +155,24 @@ BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")] = dataclasses.replace(
                            save_freq=60000) + ["--utd", "0.5"])
 
 
+# Ablations and baselines (--variant): the same experiment, on the same base, with some online flags changed.
+# A residual in [-1, 1] scaled by 2 reaches any action of a [-1, 1] action space (Adroit, ManiSkill2's delta
+# control) from any base action: no bound.
+VARIANTS = {
+    "pi_dec": ("Policy Decorator", {}),
+    "no_bound": ("no bound (--res-scale 2)", {"res_scale": 2}),
+    "no_prog": ("no progressive exploration (--prog-explore 1)", {"prog_explore": 1}),
+}
+
+
+def variant_budget(budget: Budget, variant: str) -> Budget:
+    return dataclasses.replace(budget, online_args=set_flags(budget.online_args, **VARIANTS[variant][1]))
+
+
+def run_name(task: str, base: str, seed: int, variant: str = "pi_dec") -> str:
+    return f"{task}_{base}_{seed}" if variant == "pi_dec" else f"{task}_{base}_{variant}_{seed}"
+
+
 def machine() -> str:
     import os
 
@@ -157,20 +192,64 @@ def keep_earlier_budget(path: Path, curve: Path, summary: dict) -> None:
         curve.rename(curve.with_name(curve.stem + tag + ".png"))
 
 
-def run(task: str, base: str, seed: int) -> Path:
-    budget = BUDGETS[(task, base)]
-    out = ROOT / "output" / "results" / f"{task}_{base}_{seed}"
-    summary = run_experiment(task, base, seed, budget, out, ROOT / "data" / task.split("-")[0], EVAL_SEEDS,
-                             video=False)
-    summary["machine"] = machine()
-    name = f"{task}_{base}_{seed}"
-    path = RESULTS / "runs" / f"{name}.json"
-    curve = RESULTS / "curves" / f"{name}.png"  # small; kept in git next to the summary
+def run(task: str, base: str, seed: int, split: str = "test", variant: str = "pi_dec") -> Path:
+    """One experiment; its summary goes to results/runs/ (test seeds) or results/val/ (validation seeds).
+    Variants and splits of one (task, base, seed) share its base policy (trained once)."""
+    budget = variant_budget(BUDGETS[(task, base)], variant)
+    base_dir = ROOT / "output" / "results" / f"{task}_{base}_{seed}"
+    out = base_dir if (split, variant) == ("test", "pi_dec") else base_dir / f"{split}_{variant}"
+    summary = run_experiment(task, base, seed, budget, out, ROOT / "data" / task.split("-")[0], SPLITS[split],
+                             video=False, base_dir=base_dir)
+    summary |= {"machine": machine(), "split": split, "variant": variant}
+    name = run_name(task, base, seed, variant)
+    folder = RESULTS / ("runs" if split == "test" else "val")
+    path = folder / f"{name}.json"
+    curve = folder.parent / ("curves" if split == "test" else "val/curves") / f"{name}.png"  # small; kept in git
     path.parent.mkdir(parents=True, exist_ok=True)
     curve.parent.mkdir(parents=True, exist_ok=True)
     keep_earlier_budget(path, curve, summary)
     atomic_write_text(path, json.dumps(summary, indent=2))  # an hour of compute: never half-written
     shutil.copyfile(out / "learning_curve.png", curve)
+    print(f"wrote {path}")
+    return path
+
+
+def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int, every: int,
+               samplers: list[tuple[str, int]], episodes: int, offline_run: Path | None = None) -> Path:
+    """How the base alone improves with training, on validation seeds: train it (the budget's offline flags,
+    `num_demos` demos, `total_iters` iterations, a checkpoint every `every`), then evaluate each checkpoint with
+    each sampler. Chooses a base budget (iterations, demos, sampler) without looking at the test seeds."""
+    from pi_dec.experiment import SCRIPTS, evaluate_base, newest_run, stage
+    from pi_dec.run import UsageError
+
+    budget = BUDGETS[(task, base)]
+    name = f"{task}_{base}_curve_{num_demos}demos_{seed}"
+    offline_args = set_flags(budget.offline_args, total_iters=total_iters, save_freq=every)
+    if offline_run is None:
+        out = ROOT / "output" / "results" / "val" / name
+        demo = ROOT / "data" / task.split("-")[0] / "trajectory.h5"
+        if not demo.exists():
+            raise UsageError(f"{demo}: no demos; make them first with python -m pi_dec.demos --env-id {task} "
+                             f"--num-demos {budget.num_demos} --out {demo.parent} {' '.join(budget.demo_args)}")
+        stage(f"base policy ({base}), {num_demos} demos, {total_iters} iterations", [
+            sys.executable, SCRIPTS[base][0], "--env-id", task, "--demo-path", demo, "--control-mode",
+            budget.control_mode, "--seed", seed, "--output-dir", out, "--exp-name", "base",
+            "--num-demo-traj", num_demos, *offline_args])
+        offline_run = newest_run(out)
+    ckpts = sorted((p for p in (offline_run / "checkpoints").glob("*.pt") if p.stem.isdigit()), key=lambda p: int(p.stem))
+    if not ckpts:
+        raise UsageError(f"{offline_run}: no checkpoints/<iteration>.pt (train with --save-freq).")
+    points = []
+    for ckpt in ckpts:
+        evals = evaluate_base(ckpt, base, task, budget.control_mode, VAL_SEEDS[:episodes], samplers)
+        points.append({"iters": int(ckpt.stem)} | {k: float(np.mean(r["success"])) for k, r in evals.items()})
+        print(points[-1], flush=True)
+    summary = {"task": task, "base": base, "seed": seed, "num_demos": num_demos, "offline_args": offline_args,
+               "split": "val", "episodes": episodes, "points": points, "machine": machine(),
+               "offline_run": str(offline_run)}
+    path = RESULTS / "val" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(summary, indent=2))
     print(f"wrote {path}")
     return path
 
@@ -309,28 +388,60 @@ def _plot(groups: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def _sampler(text: str) -> tuple[str, int]:
+    """'ddpm20' -> ("ddpm", 20)."""
+    m = re.fullmatch(r"(ddpm|ddim)(\d+)", text)
+    if not m or not 1 <= int(m[2]) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: a sampler is ddpm<steps> or ddim<steps>, steps 1-100 (ddpm20)")
+    return m[1], int(m[2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run one experiment and write results/runs/<task>_<base>_<seed>.json")
-    r.add_argument("--task", required=True, choices=sorted({t for t, _ in BUDGETS}))
+    tasks = sorted({t for t, _ in BUDGETS})
+    r = sub.add_parser("run", help="run one experiment: results/runs/ (test seeds) or results/val/ (validation)")
+    r.add_argument("--task", required=True, choices=tasks)
     r.add_argument("--base", required=True, choices=["diffusion", "bet"])
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--split", required=True, choices=list(SPLITS),
+                   help="val: choosing a budget or flag; test: the reported number, once the budget is frozen")
+    r.add_argument("--variant", default="pi_dec", choices=list(VARIANTS),
+                   help="; ".join(f"{k}: {v[0]}" for k, v in VARIANTS.items()))
+    c = sub.add_parser("base-curve", help="the base alone over training iterations, on validation seeds")
+    c.add_argument("--task", required=True, choices=tasks)
+    c.add_argument("--base", required=True, choices=["diffusion", "bet"])
+    c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--num-demos", type=int, required=True)
+    c.add_argument("--total-iters", type=int, default=10_000)
+    c.add_argument("--every", type=int, default=1_000, help="a checkpoint (and an evaluation) every N iterations")
+    c.add_argument("--samplers", type=_sampler, nargs="+", default=[("ddpm", 6), ("ddpm", 20)],
+                   help="Diffusion Policy samplers to evaluate each checkpoint with (ignored for BeT)")
+    c.add_argument("--episodes", type=int, default=50, help="validation episodes per evaluation")
+    c.add_argument("--offline-run", type=Path, help="evaluate this finished offline run instead of training one")
     sub.add_parser("report", help="rebuild results/README.md, results/success.png and the README section")
     args = parser.parse_args()
-    from pi_dec.run import SEED, UsageError, check_numbers, user_errors
+    from pi_dec.run import COUNT, SEED, UsageError, check_numbers, user_errors
 
-    if args.cmd == "run":
-        with user_errors():
-            check_numbers(args, {"seed": SEED})
+    with user_errors():
+        if args.cmd in ("run", "base-curve"):
+            check_numbers(args, {"seed": SEED} | ({"num_demos": COUNT, "total_iters": COUNT, "every": COUNT,
+                                                   "episodes": COUNT} if args.cmd == "base-curve" else {}))
             if (args.task, args.base) not in BUDGETS:
                 bases = sorted(b for t, b in BUDGETS if t == args.task)
                 raise UsageError(f"--base {args.base}: no budget for {args.task} with this base; use --base "
                                  f"{' or '.join(bases)} (budgets: pi_dec/results.py).")
-        run(args.task, args.base, args.seed)
-        report()
-    else:
-        report()
+        if args.cmd == "run":
+            run(args.task, args.base, args.seed, args.split, args.variant)
+            report()
+        elif args.cmd == "base-curve":
+            if args.offline_run and not (args.offline_run / "checkpoints").is_dir():
+                raise UsageError(f"--offline-run {args.offline_run}: not an offline run folder (no checkpoints/).")
+            samplers = args.samplers if args.base == "diffusion" else [("bet", 0)]
+            base_curve(args.task, args.base, args.seed, args.num_demos, args.total_iters, args.every, samplers,
+                       args.episodes, args.offline_run)
+        else:
+            report()
 
 
 if __name__ == "__main__":
