@@ -146,6 +146,11 @@ def as_trajectory(obs, actions, where: str, fix: str = "") -> dict:
     if obs.ndim != 2 or actions.ndim != 2 or len(obs) != len(actions) + 1:
         raise DemoFileError(f"{where}: obs {obs.shape} and actions {actions.shape} do not fit "
                             f"(need obs (L+1, obs_dim) and actions (L, act_dim)){fix}.")
+    for name, values in (("obs", obs), ("actions", actions)):
+        if not np.isfinite(values).all():  # a model trained on it would go NaN without a word
+            step = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+            raise DemoFileError(f"{where}: {name} at step {step} holds NaN or inf; regenerate these demos or drop "
+                                f"this trajectory{fix}.")
     return {"obs": obs, "actions": actions}
 
 

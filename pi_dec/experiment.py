@@ -37,6 +37,8 @@ class Budget:
     # the base alone, no interaction, also evaluated with these Diffusion Policy samplers: [("ddpm", 20)]
     base_samplers: list[tuple[str, int]] = field(default_factory=list)
     online_script: str | None = None  # another online script than the base kind's (a baseline such as RLPD)
+    # a baseline's run has no base sampler flags: these (Policy Decorator's) say how its base is evaluated
+    base_online_args: list[str] = field(default_factory=list)
 
 
 def stage(title: str, cmd: list, log: Path | None = None) -> float:
@@ -163,9 +165,40 @@ def evaluate_base(base_ckpt: Path, kind: str, env_id: str, control_mode: str, se
     return out
 
 
+def rlpd_policy(online_run: Path, obs_dim: int, act_dim: int, low, high):
+    """The deterministic policy of an RLPD run's final checkpoint (online/rlpd_maniskill2.py): obs window ->
+    (N, 1, A) actions, the actor's [-1, 1] mapped onto the action space."""
+    import torch
+
+    from pi_dec.nets.sac import ResidualActor
+
+    run_args = json.loads((online_run / "args.json").read_text())
+    final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
+    actor = ResidualActor(obs_dim, act_dim, hidden=run_args["hidden_dim"])
+    actor.load_state_dict(torch.load(final, map_location="cpu", weights_only=True)["actor"])
+    actor.eval()
+
+    @torch.no_grad()
+    def act(obs):
+        a = actor.get_eval_action(torch.as_tensor(obs[:, -1], dtype=torch.float32)).numpy()
+        return (low + (a + 1) / 2 * (high - low))[:, None]
+    return act
+
+
+def sampler_flags(args: list[str]) -> dict:
+    """--ddim-steps, --ddpm-steps and --act-horizon of a flag list, as the online DP script's args.json has them."""
+    out = {}
+    for name in ("ddim_steps", "ddpm_steps", "act_horizon"):
+        flag = "--" + name.replace("_", "-")
+        if flag in args:
+            out[name] = int(args[args.index(flag) + 1])
+    return out
+
+
 def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, seeds: list[int],
-                  video_root: Path | None) -> dict:
-    """Base alone and base + residual (deterministic) on the same seeds."""
+                  video_root: Path | None, base_sampling: dict | None = None) -> dict:
+    """Base alone and the trained policy on the same seeds: base + residual (deterministic) for Policy
+    Decorator, the actor alone for a baseline that learns without the base (RLPD)."""
     import torch
 
     from pi_dec.base_policies import frozen_base_actions
@@ -173,35 +206,39 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     from pi_dec.policy_decorator import decorated_policy
 
     online_args = json.loads((online_run / "args.json").read_text())
-    base_cfg = online_args["base_policy"]
-    control_mode = base_cfg["control_mode"]
-    base, cfg, obs_dim, act_dim = load_frozen(base_ckpt, kind, env_id, control_mode, online_args.get("act_horizon"))
-    base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, online_args.get("ddim_steps", 4),
-                                                         online_args.get("ddpm_steps"))
-    final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
-    ckpt = torch.load(final, map_location="cpu", weights_only=True)
-    res_dim = horizon * act_dim
-    actor_in = obs_dim + (res_dim if online_args["actor_input"] == "obs_base_action" else 0)
-    actor = ResidualActor(actor_in, res_dim, online_args["log_std_min"], online_args.get("hidden_dim", 256))
-    actor.load_state_dict(ckpt["res_actor"])
-    actor.eval()
+    rlpd = online_args["algo_name"] == "RLPD"
+    control_mode = online_args["control_mode"] if rlpd else online_args["base_policy"]["control_mode"]
+    sampling = (base_sampling or {}) if rlpd else online_args  # a baseline has no base: Policy Decorator's flags
+    base, cfg, obs_dim, act_dim = load_frozen(base_ckpt, kind, env_id, control_mode,
+                                              sampling.get("act_horizon", 4 if rlpd else None))
+    base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, sampling.get("ddim_steps", 4),
+                                                         sampling.get("ddpm_steps"))
+    if rlpd:
+        from pi_dec.suites import suite_for
 
-    def policy(with_residual: bool):
-        return decorated_policy(base_act, actor if with_residual else None, online_args["res_scale"],
-                                online_args["actor_input"])
-
-    policies = (("base", False), ("refined", True))
+        space = suite_for(env_id).make(env_id, control_mode, "state", None, {}, None).action_space
+        refined, refined_horizon = rlpd_policy(online_run, obs_dim, act_dim, space.low, space.high), 1
+    else:
+        final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
+        ckpt = torch.load(final, map_location="cpu", weights_only=True)
+        res_dim = horizon * act_dim
+        actor_in = obs_dim + (res_dim if online_args["actor_input"] == "obs_base_action" else 0)
+        actor = ResidualActor(actor_in, res_dim, online_args["log_std_min"], online_args.get("hidden_dim", 256))
+        actor.load_state_dict(ckpt["res_actor"])
+        actor.eval()
+        refined = decorated_policy(base_act, actor, online_args["res_scale"], online_args["actor_input"])
+        refined_horizon = obs_horizon
+    policies = (("base", decorated_policy(base_act, None, 0, "obs"), obs_horizon), ("refined", refined, refined_horizon))
     results = {}
-    for name, with_res in policies:
+    for name, act, window in policies:
         torch.manual_seed(0)
-        results[name] = evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds,
-                                          desc=f"{name} policy")
+        results[name] = evaluate_on_seeds(env_id, control_mode, window, act, seeds, desc=f"{name} policy")
     # One before/after video on the first seed, in its own pass: recording renders every frame on the CPU
     # (lavapipe), and inside the 100-episode pass the recording env held the other envs back (~4x the time).
     if video_root:
-        for name, with_res in policies:
+        for name, act, window in policies:
             torch.manual_seed(0)
-            evaluate_on_seeds(env_id, control_mode, obs_horizon, policy(with_res), seeds[:1], num_envs=1,
+            evaluate_on_seeds(env_id, control_mode, window, act, seeds[:1], num_envs=1,
                               video_dir=str(video_root / name), desc=f"{name} video")
     return results
 
@@ -297,16 +334,20 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         atomic_write_text(base_dir / BASE_DONE, json.dumps({"command": base_cmd,
                                                        "base_run": _in_repo(base_run), "seconds": times["base"]}))
     base_ckpt = base_run / "checkpoints" / "best.pt"
-    times["online"] = stage("3/4 Policy Decorator online", [
-        sys.executable, online_script, "--env-id", env_id, "--base-policy-ckpt", base_ckpt, "--seed", seed,
+    # a baseline script (budget.online_script) learns from the demonstrations instead of the base policy
+    source = (["--demo-path", demo, "--control-mode", control_mode] if budget.online_script
+              else ["--base-policy-ckpt", base_ckpt])
+    times["online"] = stage("3/4 online: " + ("baseline" if budget.online_script else "Policy Decorator"), [
+        sys.executable, online_script, "--env-id", env_id, *source, "--seed", seed,
         "--output-dir", online_out, "--exp-name", "pi_dec", *budget.online_args])
     online_run = newest_run(online_out)
     print(f"\n=== 4/4 evaluating base and refined policy on the same {len(eval_seeds)} seeds", flush=True)
     t0 = time.time()
-    results = eval_policies(base_ckpt, online_run, kind, env_id, eval_seeds, out / "videos" if video else None)
+    results = eval_policies(base_ckpt, online_run, kind, env_id, eval_seeds, out / "videos" if video else None,
+                            sampler_flags(budget.base_online_args))
     online_args = json.loads((online_run / "args.json").read_text())
     base_alone = evaluate_base(base_ckpt, kind, env_id, control_mode, eval_seeds, budget.base_samplers,
-                               online_args.get("act_horizon")) if budget.base_samplers else {}
+                               online_args.get("act_horizon", 4)) if budget.base_samplers else {}
     times["eval"] = time.time() - t0
     summary = {
         "task": env_id, "base": kind, "seed": seed, "num_demos": budget.num_demos, "control_mode": control_mode,

@@ -155,18 +155,45 @@ BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")] = dataclasses.replace(
                            save_freq=60000) + ["--utd", "0.5"])
 
 
-# Ablations and baselines (--variant): the same experiment, on the same base, with some online flags changed.
+def flag_value(args: list[str], name: str, default=None) -> str | None:
+    flag = cli_flag(name)
+    return args[args.index(flag) + 1] if flag in args else default
+
+
+def rlpd_budget(budget: Budget, base: str) -> Budget:
+    """RLPD (online/rlpd_maniskill2.py) beside Policy Decorator: the same demos, env steps, number of SAC updates
+    (so a lower update ratio than RLPD's 20: the 2 cores cannot pay for more), envs, batch and evaluations.
+    CPU-lite, the same on every task: two critics (RLPD: ten, min over two), the rest RLPD's defaults."""
+    args = budget.online_args
+    horizon = 4 if base == "diffusion" else 1  # env steps per Policy Decorator decision (the DP script's default)
+    decisions, utd = int(flag_value(args, "total_timesteps")), float(flag_value(args, "utd", 0.25))
+    env_steps = decisions * horizon
+    online = ["--total-timesteps", env_steps, "--num-envs", flag_value(args, "num_envs", 16),
+              "--training-freq", 64 * horizon, "--utd", decisions * utd / env_steps, "--num-qs", 2,
+              "--batch-size", flag_value(args, "batch_size", 1024),
+              "--eval-freq", int(flag_value(args, "eval_freq")) * horizon, "--num-eval-episodes",
+              flag_value(args, "num_eval_episodes"), "--num-eval-envs", flag_value(args, "num_eval_envs"),
+              "--log-freq", int(flag_value(args, "log_freq")) * horizon, "--save-freq", env_steps,
+              "--num-threads", flag_value(args, "num_threads", 1)]
+    return dataclasses.replace(budget, online_script="online/rlpd_maniskill2.py", online_args=list(map(str, online)),
+                               base_online_args=args, base_samplers=[])
+
+
+# Ablations and baselines (--variant): the same experiment, on the same base, with the online stage changed.
 # A residual in [-1, 1] scaled by 2 reaches any action of a [-1, 1] action space (Adroit, ManiSkill2's delta
 # control) from any base action: no bound.
 VARIANTS = {
-    "pi_dec": ("Policy Decorator", {}),
-    "no_bound": ("no bound (--res-scale 2)", {"res_scale": 2}),
-    "no_prog": ("no progressive exploration (--prog-explore 1)", {"prog_explore": 1}),
+    "pi_dec": ("Policy Decorator", lambda b, base: b),
+    "no_bound": ("no bound (--res-scale 2)",
+                 lambda b, base: dataclasses.replace(b, online_args=set_flags(b.online_args, res_scale=2))),
+    "no_prog": ("no progressive exploration (--prog-explore 1)",
+                lambda b, base: dataclasses.replace(b, online_args=set_flags(b.online_args, prog_explore=1))),
+    "rlpd": ("RLPD (SAC from scratch, demos 50/50, LayerNorm, 2 critics)", rlpd_budget),
 }
 
 
-def variant_budget(budget: Budget, variant: str) -> Budget:
-    return dataclasses.replace(budget, online_args=set_flags(budget.online_args, **VARIANTS[variant][1]))
+def variant_budget(budget: Budget, variant: str, base: str = "diffusion") -> Budget:
+    return VARIANTS[variant][1](budget, base)
 
 
 def run_name(task: str, base: str, seed: int, variant: str = "pi_dec") -> str:
@@ -195,7 +222,7 @@ def keep_earlier_budget(path: Path, curve: Path, summary: dict) -> None:
 def run(task: str, base: str, seed: int, split: str = "test", variant: str = "pi_dec") -> Path:
     """One experiment; its summary goes to results/runs/ (test seeds) or results/val/ (validation seeds).
     Variants and splits of one (task, base, seed) share its base policy (trained once)."""
-    budget = variant_budget(BUDGETS[(task, base)], variant)
+    budget = variant_budget(BUDGETS[(task, base)], variant, base)
     base_dir = ROOT / "output" / "results" / f"{task}_{base}_{seed}"
     out = base_dir if (split, variant) == ("test", "pi_dec") else base_dir / f"{split}_{variant}"
     summary = run_experiment(task, base, seed, budget, out, ROOT / "data" / task.split("-")[0], SPLITS[split],
@@ -285,71 +312,120 @@ def _changes(run: dict, now: Budget) -> str:
     return ", ".join(out) or "same flags"
 
 
+def _variant(r: dict) -> str:
+    return r.get("variant", "pi_dec")  # summaries from before the variants are Policy Decorator's
+
+
+def _stat(values, fmt="{:.2f}") -> str:
+    values = np.asarray(values, dtype=float)
+    return fmt.format(values.mean()) + (f" ± {fmt.format(values.std(ddof=1))}" if len(values) > 1 else "")
+
+
+def _protocol(rs: list[dict]) -> str:
+    """How a row's budget was chosen: on validation seeds (runs made with --split test), or looking at the test
+    seeds themselves (every run before the protocol)."""
+    return "val → test" if all(r.get("split") == "test" for r in rs) else "chosen on test seeds"
+
+
 def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
     """Rebuild <results>/README.md, <results>/success.png and the README's results block from the JSONs."""
     results.mkdir(parents=True, exist_ok=True)
     runs = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
-    groups: dict[tuple, list] = {}  # runs of one (task, base) with different budgets are separate rows
+    groups: dict[tuple, list] = {}  # runs of one (task, base, variant) with different budgets are separate rows
     for r in runs:
-        groups.setdefault((r["task"], r["base"], _budget_key(r)), []).append(r)
+        groups.setdefault((r["task"], r["base"], _variant(r), _budget_key(r)), []).append(r)
     earlier = []  # notes on rows whose budget is no longer the one in BUDGETS: what changed since
-    labelled = {}  # (task, base label) -> runs, for the row labels and the plot
-    for task, base, key in sorted(groups):
-        rs, current = groups[(task, base, key)], BUDGETS.get((task, base))
-        label = base
-        if current is None or _budget_key(current) != key:
-            n = sum(t == task and l.startswith(f"{base} (earlier") for t, l in labelled)  # several: number them
-            label = f"{base} (earlier settings{f' {n + 1}' if n else ''})"
-            earlier.append(f"{task} / {label}: {_changes(rs[0], current) if current else 'budget removed'}.")
+    labelled = {}  # (task, base label) -> Policy Decorator's runs, for the row labels and the plot
+    variants = {}  # (task, base) -> {variant: runs} at the current budget
+    for task, base, variant, key in sorted(groups):
+        rs, current = groups[(task, base, variant, key)], BUDGETS.get((task, base))
+        current = current and variant in VARIANTS and variant_budget(current, variant, base)
+        if current and _budget_key(current) == key:
+            variants.setdefault((task, base), {})[variant] = rs
+            if variant == "pi_dec":
+                labelled[(task, base)] = rs
+            continue
+        label = base if variant == "pi_dec" else f"{base}, {variant}"
+        n = sum(t == task and l.startswith(f"{label} (earlier") for t, l in labelled)  # several: number them
+        label = f"{label} (earlier settings{f' {n + 1}' if n else ''})"
+        earlier.append(f"{task} / {label}: {_changes(rs[0], current) if current else 'budget removed'}.")
         labelled[(task, label)] = rs
-
-    def stat(values, fmt="{:.2f}"):
-        values = np.asarray(values, dtype=float)
-        return fmt.format(values.mean()) + (f" ± {fmt.format(values.std(ddof=1))}" if len(values) > 1 else "")
 
     def table(rows: dict) -> str:
         lines = ["| task | base | seeds | online env steps | base success | Policy Decorator success | "
-                 "episode length | jerk base | jerk refined | wall time / run |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "episode length | jerk base | jerk refined | wall time / run | budget |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for (task, label), rs in rows.items():
             known = [r for r in rs if "len_base" in r]  # summaries before 2026-12 lack the episode length
-            length = (f"{stat([r['len_base'] for r in known], '{:.0f}')} → "
-                      f"{stat([r['len_refined'] for r in known], '{:.0f}')}" if known else "?")
+            length = (f"{_stat([r['len_base'] for r in known], '{:.0f}')} → "
+                      f"{_stat([r['len_refined'] for r in known], '{:.0f}')}" if known else "?")
             lines.append(f"| {task} | {label} | {len(rs)} | {rs[0]['online_env_steps']:,} | "
-                         f"{stat([r['success_base'] for r in rs])} | {stat([r['success_refined'] for r in rs])} | "
-                         f"{length} | {stat([r['jerk_base'] for r in rs], '{:.1e}')} | "
-                         f"{stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
-                         f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min |")
+                         f"{_stat([r['success_base'] for r in rs])} | {_stat([r['success_refined'] for r in rs])} | "
+                         f"{length} | {_stat([r['jerk_base'] for r in rs], '{:.1e}')} | "
+                         f"{_stat([r['jerk_refined'] for r in rs], '{:.1e}')} | "
+                         f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min | {_protocol(rs)} |")
         if not rows:
-            lines.append("| (no runs yet) | | | | | | | | | |")
+            lines.append("| (no runs yet) | | | | | | | | | | |")
         return "\n".join(lines)
 
     full = table(labelled)  # results/README.md: every budget; the README: the current ones only
     current = table({k: rs for k, rs in labelled.items() if "(earlier" not in k[1]})
-    notes = (f"Success: fraction of {len(EVAL_SEEDS)} evaluation episodes (the same seeds for base and refined "
+    ablations = "\n\n".join(_ablation_table(task, base, vs) for (task, base), vs in sorted(variants.items())
+                             if len(vs) > 1)
+    notes = (f"Success: fraction of {len(TEST_SEEDS)} test episodes (the same seeds for base and refined "
              "policy) that succeed; mean ± sample standard deviation (ddof 1) over seeds. Episode length: steps, base → "
              "refined (200 = the time limit). Jerk: mean squared jerk of the executed actions (second "
              "difference of the arm's delta actions on ManiSkill2, third difference of Adroit's joint targets; lower "
-             "is smoother). Machines: " + ", ".join(sorted({r.get('machine', '?') for r in runs}))
-             + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed>` with the "
-             "budgets in `pi_dec/results.py`.")
+             "is smoother). Budget: \"val → test\" when it was frozen on validation seeds before the test seeds "
+             "were evaluated, \"chosen on test seeds\" for the rows from before that protocol. Machines: "
+             + ", ".join(sorted({r.get('machine', '?') for r in runs}))
+             + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed> --split test "
+             "[--variant <variant>]` with the budgets in `pi_dec/results.py`.")
     (results / "README.md").write_text("# Results\n\n" + full + "\n\n" + notes + "".join(f"\n\n{e}" for e in earlier)
-                                       + "\n\n" + _per_run(labelled))
-    _plot(labelled, results / "success.png")
+                                       + (f"\n\n## Ablations and baselines\n\n{ablations}" if ablations else "")
+                                       + "\n\n" + _per_run(labelled, variants) + "\n" + _validation(results))
+    _plot(variants, results / "success.png")
     text = readme.read_text()
     block = (f"<!-- results:start -->\n{current}\n\n{notes} Earlier settings and every run, seed by seed: "
-             "[results/README.md](results/README.md).\n<!-- results:end -->")
+             "[results/README.md](results/README.md)."
+             + (f"\n\n{ablations}" if ablations else "") + "\n<!-- results:end -->")
     text = re.sub(r"<!-- results:start -->.*<!-- results:end -->", lambda _: block, text, flags=re.S)
     readme.write_text(text)
-    print(full)
+    print(full + (f"\n\n{ablations}" if ablations else ""))
     return full
 
 
-def _per_run(labelled: dict) -> str:
-    """One line per summary (the table above averages them): what each seed gave, where and when."""
+def _ablation_table(task: str, base: str, variants: dict) -> str:
+    """Policy Decorator beside its ablations and the base alone, on the same bases and test seeds."""
+    lines = [f"{task} / {base}: every variant on the same base policies and test seeds, at the same env-step budget.",
+             "", "| variant | seeds | success | episode length | jerk | online env steps | wall time / run |",
+             "|---|---|---|---|---|---|---|"]
+    ours = variants.get("pi_dec", [])
+    if ours:  # the base alone: the online sampler, then (no interaction) the others
+        lines.append(f"| base alone (as sampled online) | {len(ours)} | {_stat([r['success_base'] for r in ours])} | "
+                     f"{_stat([r['len_base'] for r in ours], '{:.0f}')} | "
+                     f"{_stat([r['jerk_base'] for r in ours], '{:.1e}')} | 0 | |")
+        for sampler in ours[0].get("success_base_samplers", {}):
+            rs = [r for r in ours if sampler in r.get("success_base_samplers", {})]
+            lines.append(f"| base alone, {sampler.upper()} | {len(rs)} | "
+                         f"{_stat([r['success_base_samplers'][sampler] for r in rs])} | "
+                         f"{_stat([r['len_base_samplers'][sampler] for r in rs], '{:.0f}')} | | 0 | |")
+    for variant in VARIANTS:
+        if rs := variants.get(variant):
+            lines.append(f"| {VARIANTS[variant][0]} | {len(rs)} | {_stat([r['success_refined'] for r in rs])} | "
+                         f"{_stat([r['len_refined'] for r in rs], '{:.0f}')} | "
+                         f"{_stat([r['jerk_refined'] for r in rs], '{:.1e}')} | {rs[0]['online_env_steps']:,} | "
+                         f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def _per_run(labelled: dict, variants: dict) -> str:
+    """One line per summary (the tables above average them): what each seed gave, where and when."""
     lines = ["## Every run", "", "| task | base | seed | success | episode length | jerk | wall time | commit |",
              "|---|---|---|---|---|---|---|---|"]
-    for (task, label), rs in labelled.items():
+    rows = dict(labelled)
+    rows |= {(t, f"{b}, {v}"): rs for (t, b), vs in variants.items() for v, rs in vs.items() if v != "pi_dec"}
+    for (task, label), rs in rows.items():
         for r in sorted(rs, key=lambda r: r["seed"]):
             length = (f"{r['len_base']:.0f} → {r['len_refined']:.0f}" if "len_base" in r else "?")
             lines.append(f"| {task} | {label} | {r['seed']} | {r['success_base']:.2f} → {r['success_refined']:.2f} | "
@@ -358,31 +434,62 @@ def _per_run(labelled: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(groups: dict, png: Path) -> None:
+def _validation(results: Path) -> str:
+    """The validation runs and base curves (results/val/): what chose each budget."""
+    found = [json.loads(p.read_text()) for p in sorted((results / "val").glob("*.json"))]
+    if not found:
+        return ""
+    lines = ["## Validation (what chose the budgets; validation seeds, never the test seeds)", ""]
+    for v in found:
+        if "points" in v:  # a base curve
+            samplers = [k for k in v["points"][0] if k != "iters"]
+            curve = "; ".join(f"{p['iters']:,}: " + " / ".join(f"{p[k]:.2f}" for k in samplers) for p in v["points"])
+            lines.append(f"- {v['task']} / {v['base']} base alone, {v['num_demos']} demos, seed {v['seed']}, "
+                         f"{v['episodes']} episodes ({' / '.join(samplers)}) by training iterations: {curve}")
+        else:
+            lines.append(f"- {v['task']} / {v['base']}, {_variant(v)}, seed {v['seed']}: {v['success_base']:.2f} → "
+                         f"{v['success_refined']:.2f} ({v.get('commit', '?')}; {_changes(v, BUDGETS[(v['task'], v['base'])])})")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(variants: dict, png: Path) -> None:
+    """One small panel per (task, base) at the current budget: each variant's in-training success over env
+    steps (mean over seeds, band: min to max), its final test success (star), the base alone (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not groups:
+    if not variants:
         return
-    names = [f"{t}\n{b}" for t, b in sorted(groups)]  # groups: (task, base label) -> runs
-    base = [np.mean([r["success_base"] for r in groups[k]]) for k in sorted(groups)]
-    refined = [np.mean([r["success_refined"] for r in groups[k]]) for k in sorted(groups)]
-    jerk_base = [np.mean([r["jerk_base"] for r in groups[k]]) for k in sorted(groups)]
-    jerk_refined = [np.mean([r["jerk_refined"] for r in groups[k]]) for k in sorted(groups)]
-    x = np.arange(len(names))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(max(7, 4.4 * len(names)), 3.4), dpi=120)
-    ax.bar(x - 0.2, base, 0.4, label="base policy", color="gray")
-    ax.bar(x + 0.2, refined, 0.4, label="Policy Decorator")
-    ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylabel("success rate")
-    ax.set_ylim(0, 1.05)
-    ax.legend()
-    bx.bar(x - 0.2, jerk_base, 0.4, label="base policy", color="gray")
-    bx.bar(x + 0.2, jerk_refined, 0.4, label="Policy Decorator")
-    bx.set_xticks(x, names, fontsize=8)
-    bx.set_ylabel("mean squared jerk of executed actions\n(lower is smoother)", fontsize=8)
+    keys = sorted(variants)
+    cols = min(4, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=110, squeeze=False, sharey=True)
+    for ax, (task, base) in zip(axes.flat, keys):
+        for i, (variant, rs) in enumerate((v, variants[(task, base)][v]) for v in VARIANTS
+                                          if v in variants[(task, base)]):
+            color, steps = f"C{i}", rs[0]["online_env_steps"]
+            curves = [np.array(r["curve"]) for r in rs if r.get("curve")]
+            if curves and len({len(c) for c in curves}) == 1:
+                x, ys = curves[0][:, 0], np.stack([c[:, 1] for c in curves])
+                ax.plot(x, ys.mean(0), color=color, label=VARIANTS[variant][0].split(" (")[0])
+                ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.2, linewidth=0)
+            ax.plot([steps], [np.mean([r["success_refined"] for r in rs])], marker="*", markersize=9,
+                    color=color, linestyle="none", label=None if curves else VARIANTS[variant][0].split(" (")[0])
+            if variant == "pi_dec":
+                ax.axhline(np.mean([r["success_base"] for r in rs]), color="gray", linestyle="--", label="base")
+        ax.set_title(f"{task.replace('Sparse-v1', '').replace('AdroitHand', 'Adroit ')} / {base}", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(0, 1.05 * max(rs[0]["online_env_steps"] for rs in variants[(task, base)].values()))
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:.0f}k")
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("online env steps", fontsize=7)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("success", fontsize=8)
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)

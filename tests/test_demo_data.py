@@ -77,6 +77,17 @@ def test_mismatched_lengths(tmp_path):
         load_demos(path)
 
 
+@pytest.mark.parametrize("key,bad", [("obs", np.nan), ("actions", np.inf)])
+def test_nan_or_inf_in_demos_is_one_error_naming_the_step(tmp_path, key, bad):
+    path = write_demo(tmp_path / "t.h5")
+    with h5py.File(path, "r+") as h5:
+        values = h5[f"traj_1/{key}"][()]
+        values[3, 1] = bad
+        h5[f"traj_1/{key}"][...] = values
+    with pytest.raises(DemoFileError, match=rf"t.h5:traj_1: {key} at step 3 holds NaN or inf"):
+        load_demos(path)
+
+
 def test_inconsistent_dims_between_trajectories(tmp_path):
     path = write_demo(tmp_path / "t.h5")
     with h5py.File(path, "a") as h5:

@@ -9,7 +9,8 @@ import torch
 
 from pi_dec.experiment import ROOT, Budget, evaluate_on_seeds, mean_squared_jerk, run_experiment
 from pi_dec.quickstart import QUICKSTART
-from pi_dec.results import BUDGETS, keep_earlier_budget, report, with_flags, without
+from pi_dec.results import (BUDGETS, TEST_SEEDS, VAL_SEEDS, VARIANTS, keep_earlier_budget, report, set_flags,
+                            variant_budget, with_flags, without)
 
 
 def test_jerk_is_zero_for_constant_velocity_and_ignores_the_gripper():
@@ -78,8 +79,43 @@ def test_with_flags_replaces_values_without_touching_the_original():
     assert args[1] == "10"
 
 
-@pytest.mark.parametrize("task,base", sorted(BUDGETS))
-def test_every_budget_is_flags_the_scripts_accept(task, base):
+def test_set_flags_replaces_present_flags_and_appends_missing_ones():
+    args = ["--res-scale", "0.1", "--critic-layer-norm"]
+    assert set_flags(args, res_scale=2, prog_explore=1) == ["--res-scale", "2", "--critic-layer-norm",
+                                                            "--prog-explore", "1"]
+    assert args[1] == "0.1"
+
+
+def test_validation_and_test_seeds_are_disjoint_and_apart_from_the_demos():
+    assert not set(VAL_SEEDS) & set(TEST_SEEDS) and len(VAL_SEEDS) == len(TEST_SEEDS) == 100
+    assert min(VAL_SEEDS + TEST_SEEDS) > 10_000  # demos are generated from seeds 0, 1, ...
+
+
+def test_an_ablation_changes_only_its_own_flag():
+    budget = BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")]
+    assert variant_budget(budget, "pi_dec") == budget
+    for variant, flag, value in (("no_bound", "--res-scale", "2"), ("no_prog", "--prog-explore", "1")):
+        changed = variant_budget(budget, variant)
+        assert changed.offline_args == budget.offline_args and changed.num_demos == budget.num_demos
+        diff = [(a, b) for a, b in zip(changed.online_args, budget.online_args) if a != b]
+        assert diff == [(value, budget.online_args[budget.online_args.index(flag) + 1])]
+
+
+def test_rlpd_gets_the_same_env_steps_and_sac_updates_as_policy_decorator():
+    budget = BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")]  # 120,000 decisions of 4 env steps, utd 0.5
+    rlpd = variant_budget(budget, "rlpd")
+    flags = dict(zip(rlpd.online_args[::2], rlpd.online_args[1::2]))
+    assert rlpd.online_script == "online/rlpd_maniskill2.py" and rlpd.offline_args == budget.offline_args
+    assert int(flags["--total-timesteps"]) == 120_000 * 4
+    assert int(flags["--total-timesteps"]) * float(flags["--utd"]) == 120_000 * 0.5
+    assert flags["--num-envs"] == "32" and flags["--batch-size"] == "256" and flags["--eval-freq"] == "80000"
+    assert rlpd.base_online_args == budget.online_args  # its base is evaluated as Policy Decorator samples it
+    bet = variant_budget(BUDGETS[("AdroitHandHammerSparse-v1", "bet")], "rlpd", "bet")  # BeT: 1 env step a decision
+    assert bet.online_args[bet.online_args.index("--total-timesteps") + 1] == "160000"
+
+
+@pytest.mark.parametrize("task,base,variant", [(t, b, v) for t, b in sorted(BUDGETS) for v in VARIANTS])
+def test_every_budget_is_flags_the_scripts_accept(task, base, variant):
     """A typo in a budget would surface an hour into a run; parse each with the scripts' own parser and checks."""
     import tyro
 
@@ -87,12 +123,15 @@ def test_every_budget_is_flags_the_scripts_accept(task, base):
     from pi_dec.experiment import SCRIPTS
     from pi_dec.policy_decorator import validate
 
-    budget = BUDGETS[(task, base)]
+    budget = variant_budget(BUDGETS[(task, base)], variant, base)
     offline_path, online_path = SCRIPTS[base]
-    offline, online = load_script(offline_path), load_script(online_path)
+    offline, online = load_script(offline_path), load_script(budget.online_script or online_path)
     common = ["--env-id", task, "--control-mode", budget.control_mode]
     offline.check_args(tyro.cli(offline.Args, args=common + budget.offline_args))
-    validate(tyro.cli(online.Args, args=["--env-id", task, *budget.online_args]), online.RULES)
+    if budget.online_script:  # a baseline: its own checks
+        online.validate(tyro.cli(online.Args, args=common + budget.online_args))
+    else:
+        validate(tyro.cli(online.Args, args=["--env-id", task, *budget.online_args]), online.RULES)
 
 
 def _summary(seed, base, refined, jerk_base, jerk_refined, budget=QUICKSTART):
@@ -156,6 +195,55 @@ def test_report_keeps_runs_of_an_earlier_budget_in_their_own_labelled_row(tmp_pa
     block = readme.read_text()
     assert "| diffusion | 1 |" in block and "earlier settings" not in block  # the README: current budgets only
     assert "results/README.md" in block
+
+
+def test_report_sets_variants_beside_policy_decorator_and_labels_the_protocol(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    (results / "val").mkdir()
+    task = "AdroitHandDoorSparse-v1"
+    budget = BUDGETS[(task, "diffusion")]
+
+    def summary(seed, refined, variant, split="test"):
+        vb = variant_budget(budget, variant, "diffusion")
+        return (_summary(seed, 0.4, refined, 2e-3, 1e-3, budget=vb)
+                | {"task": task, "control_mode": vb.control_mode, "len_base": 150, "len_refined": 60,
+                   "success_base_samplers": {"ddpm20": 0.9}, "len_base_samplers": {"ddpm20": 70},
+                   "curve": [[0, 0.4], [80000, 0.7 * refined], [160000, refined]], "split": split, "variant": variant})
+
+    for seed in (1, 2):
+        (results / "runs" / f"{task}_diffusion_{seed}.json").write_text(json.dumps(summary(seed, 0.9 + seed / 100, "pi_dec")))
+        (results / "runs" / f"{task}_diffusion_no_prog_{seed}.json").write_text(json.dumps(summary(seed, 0.5, "no_prog")))
+    (results / "val" / f"{task}_diffusion_1.json").write_text(json.dumps(summary(1, 0.77, "pi_dec", "val")))
+    (results / "val" / f"{task}_diffusion_curve_10demos_1.json").write_text(json.dumps(
+        {"task": task, "base": "diffusion", "seed": 1, "num_demos": 10, "episodes": 50,
+         "points": [{"iters": 1000, "ddpm6": 0.1, "ddpm20": 0.2}, {"iters": 2000, "ddpm6": 0.3, "ddpm20": 0.45}]}))
+    report(results, readme)
+    block = readme.read_text()
+    main_row = next(line for line in block.splitlines() if line.startswith(f"| {task} | diffusion |"))
+    assert main_row.endswith("| val → test |") and "0.92 ± 0.01" in main_row  # Policy Decorator's row only
+    assert "no_prog" not in main_row and "earlier settings" not in block
+    ablation = block.split("every variant on the same base policies")[1]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in ablation.splitlines() if line.startswith("| ") and not line.startswith("| variant")}
+    assert rows["base alone (as sampled online)"][2] == "0.40 ± 0.00"
+    assert rows["base alone, DDPM20"][2] == "0.90 ± 0.00" and rows["base alone, DDPM20"][5] == "0"
+    assert rows["Policy Decorator"][2] == "0.92 ± 0.01"
+    assert rows["no progressive exploration (--prog-explore 1)"][2] == "0.50 ± 0.00"
+    page = (results / "README.md").read_text()
+    assert "1,000: 0.10 / 0.20; 2,000: 0.30 / 0.45" in page  # the base curve, in the validation section
+    assert f"{task} / diffusion, pi_dec, seed 1: 0.40 → 0.77" in page
+    assert "| AdroitHandDoorSparse-v1 | diffusion, no_prog | 2 | 0.40 → 0.50 |" in page
+    assert (results / "success.png").stat().st_size > 0
+    # a run from before the protocol (no split recorded) marks its row as chosen on the test seeds
+    old = summary(3, 0.95, "pi_dec")
+    del old["split"]
+    (results / "runs" / f"{task}_diffusion_3.json").write_text(json.dumps(old))
+    report(results, readme)
+    assert next(line for line in readme.read_text().splitlines()
+                if line.startswith(f"| {task} | diffusion |")).endswith("| chosen on test seeds |")
 
 
 def test_a_rerun_with_another_budget_keeps_the_earlier_summary(tmp_path):
