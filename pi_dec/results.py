@@ -219,19 +219,61 @@ def keep_earlier_budget(path: Path, curve: Path, summary: dict) -> None:
         curve.rename(curve.with_name(curve.stem + tag + ".png"))
 
 
-def run(task: str, base: str, seed: int, split: str = "test", variant: str = "pi_dec") -> Path:
+@dataclasses.dataclass
+class Places:
+    """Where an experiment reads and writes: summaries (results), run folders (output), demos (data)."""
+
+    results: Path = RESULTS
+    output: Path = ROOT / "output"
+    data: Path = ROOT / "data"
+
+    def experiment_dir(self, task: str, base: str, seed: int) -> Path:  # shared by variants and splits
+        return self.output / "results" / f"{task}_{base}_{seed}"
+
+    def summary(self, task: str, base: str, seed: int, split: str, variant: str) -> Path:
+        return self.results / ("runs" if split == "test" else "val") / f"{run_name(task, base, seed, variant)}.json"
+
+    def check(self) -> None:
+        """Folders, not files: one line before an hour of compute, not a traceback after it."""
+        from pi_dec.run import UsageError
+
+        for name in ("results", "output", "data"):
+            path = Path(getattr(self, name))
+            if path.exists() and not path.is_dir():
+                raise UsageError(f"--{name}-dir {path}: is a file, not a folder; pass another path or move the file.")
+
+
+def load_budgets(path: Path | None) -> dict:
+    """BUDGETS, with the (task, base) entries of a JSON file replaced: {"<task>/<base>": {Budget fields}}."""
+    from pi_dec.run import UsageError
+
+    if path is None:
+        return BUDGETS
+    try:
+        raw = json.loads(Path(path).read_text())
+        extra = {tuple(key.split("/")): Budget(**fields) for key, fields in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise UsageError(f"--budget-file {path}: not a JSON object of \"<task>/<base>\": {{Budget fields}} "
+                         f"({' '.join(str(err).split())[:200]}).") from None
+    if bad := [k for k in extra if len(k) != 2]:
+        raise UsageError(f"--budget-file {path}: key {'/'.join(bad[0])!r} is not <task>/<base>.")
+    for budget in extra.values():  # JSON has lists where the samplers are tuples
+        budget.base_samplers = [tuple(s) for s in budget.base_samplers]
+    return BUDGETS | extra
+
+
+def run(task: str, base: str, seed: int, split: str = "test", variant: str = "pi_dec", places: Places = Places(),
+        budgets: dict = BUDGETS) -> Path:
     """One experiment; its summary goes to results/runs/ (test seeds) or results/val/ (validation seeds).
     Variants and splits of one (task, base, seed) share its base policy (trained once)."""
-    budget = variant_budget(BUDGETS[(task, base)], variant, base)
-    base_dir = ROOT / "output" / "results" / f"{task}_{base}_{seed}"
+    budget = variant_budget(budgets[(task, base)], variant, base)
+    base_dir = places.experiment_dir(task, base, seed)
     out = base_dir if (split, variant) == ("test", "pi_dec") else base_dir / f"{split}_{variant}"
-    summary = run_experiment(task, base, seed, budget, out, ROOT / "data" / task.split("-")[0], SPLITS[split],
-                             video=False, base_dir=base_dir)
+    summary = run_experiment(task, base, seed, budget, out, places.data / task.split("-")[0],
+                             SPLITS[split][:budget.eval_episodes], video=False, base_dir=base_dir)
     summary |= {"machine": machine(), "split": split, "variant": variant}
-    name = run_name(task, base, seed, variant)
-    folder = RESULTS / ("runs" if split == "test" else "val")
-    path = folder / f"{name}.json"
-    curve = folder.parent / ("curves" if split == "test" else "val/curves") / f"{name}.png"  # small; kept in git
+    path = places.summary(task, base, seed, split, variant)
+    curve = path.parent.parent / ("curves" if split == "test" else "val/curves") / f"{path.stem}.png"  # small; in git
     path.parent.mkdir(parents=True, exist_ok=True)
     curve.parent.mkdir(parents=True, exist_ok=True)
     keep_earlier_budget(path, curve, summary)
@@ -239,6 +281,14 @@ def run(task: str, base: str, seed: int, split: str = "test", variant: str = "pi
     shutil.copyfile(out / "learning_curve.png", curve)
     print(f"wrote {path}")
     return path
+
+
+def finished(task: str, base: str, seed: int, split: str, variant: str, places: Places = Places(),
+             budgets: dict = BUDGETS) -> bool:
+    """Has this experiment a summary at its current budget (a rerun of it would only replace it)?"""
+    path = places.summary(task, base, seed, split, variant)
+    return path.is_file() and _budget_key(json.loads(path.read_text())) == _budget_key(
+        variant_budget(budgets[(task, base)], variant, base))
 
 
 def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int, every: int,
@@ -327,8 +377,8 @@ def _protocol(rs: list[dict]) -> str:
     return "val → test" if all(r.get("split") == "test" for r in rs) else "chosen on test seeds"
 
 
-def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
-    """Rebuild <results>/README.md, <results>/success.png and the README's results block from the JSONs."""
+def report(results: Path = RESULTS, readme: Path | None = ROOT / "README.md") -> str:
+    """Rebuild <results>/README.md, <results>/success.png and (if given) the README's results block from the JSONs."""
     results.mkdir(parents=True, exist_ok=True)
     runs = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
     groups: dict[tuple, list] = {}  # runs of one (task, base, variant) with different budgets are separate rows
@@ -385,6 +435,8 @@ def report(results: Path = RESULTS, readme: Path = ROOT / "README.md") -> str:
                                        + (f"\n\n## Ablations and baselines\n\n{ablations}" if ablations else "")
                                        + "\n\n" + _per_run(labelled, variants) + "\n" + _validation(results))
     _plot(variants, results / "success.png")
+    if readme is None:
+        return full
     text = readme.read_text()
     block = (f"<!-- results:start -->\n{current}\n\n{notes} Earlier settings and every run, seed by seed: "
              "[results/README.md](results/README.md)."
@@ -447,8 +499,10 @@ def _validation(results: Path) -> str:
             lines.append(f"- {v['task']} / {v['base']} base alone, {v['num_demos']} demos, seed {v['seed']}, "
                          f"{v['episodes']} episodes ({' / '.join(samplers)}) by training iterations: {curve}")
         else:
+            now = BUDGETS.get((v["task"], v["base"]))
+            changes = _changes(v, variant_budget(now, _variant(v), v["base"])) if now else "no budget in the code"
             lines.append(f"- {v['task']} / {v['base']}, {_variant(v)}, seed {v['seed']}: {v['success_base']:.2f} → "
-                         f"{v['success_refined']:.2f} ({v.get('commit', '?')}; {_changes(v, BUDGETS[(v['task'], v['base'])])})")
+                         f"{v['success_refined']:.2f} ({v.get('commit', '?')}; {changes})")
     return "\n".join(lines) + "\n"
 
 
@@ -495,6 +549,15 @@ def _plot(variants: dict, png: Path) -> None:
     plt.close(fig)
 
 
+def add_place_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of Places and of a budget file (run and the sweep take them alike)."""
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="summaries (runs/, val/) and the report")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "output", help="run folders")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data", help="demonstrations, <data-dir>/<task>/")
+    parser.add_argument("--budget-file", type=Path,
+                        help='JSON {"<task>/<base>": {Budget fields}} replacing those budgets of pi_dec/results.py')
+
+
 def _sampler(text: str) -> tuple[str, int]:
     """'ddpm20' -> ("ddpm", 20)."""
     m = re.fullmatch(r"(ddpm|ddim)(\d+)", text)
@@ -515,6 +578,7 @@ def main() -> None:
                    help="val: choosing a budget or flag; test: the reported number, once the budget is frozen")
     r.add_argument("--variant", default="pi_dec", choices=list(VARIANTS),
                    help="; ".join(f"{k}: {v[0]}" for k, v in VARIANTS.items()))
+    add_place_flags(r)
     c = sub.add_parser("base-curve", help="the base alone over training iterations, on validation seeds")
     c.add_argument("--task", required=True, choices=tasks)
     c.add_argument("--base", required=True, choices=["diffusion", "bet"])
@@ -539,8 +603,13 @@ def main() -> None:
                 raise UsageError(f"--base {args.base}: no budget for {args.task} with this base; use --base "
                                  f"{' or '.join(bases)} (budgets: pi_dec/results.py).")
         if args.cmd == "run":
-            run(args.task, args.base, args.seed, args.split, args.variant)
-            report()
+            places = Places(args.results_dir, args.output_dir, args.data_dir)
+            places.check()
+            budgets = load_budgets(args.budget_file)
+            if (args.task, args.base) not in budgets:
+                raise UsageError(f"--base {args.base}: no budget for {args.task} with this base (--budget-file).")
+            run(args.task, args.base, args.seed, args.split, args.variant, places, budgets)
+            report(places.results, ROOT / "README.md" if places.results == RESULTS else None)
         elif args.cmd == "base-curve":
             if args.offline_run and not (args.offline_run / "checkpoints").is_dir():
                 raise UsageError(f"--offline-run {args.offline_run}: not an offline run folder (no checkpoints/).")
