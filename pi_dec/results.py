@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi_dec.experiment import ROOT, Budget, run_experiment
+from pi_dec.experiment import ROOT, Budget, _in_repo, run_experiment
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.run import atomic_write_text, cli_flag
 from pi_dec.suites import ADROIT_TASKS
@@ -99,15 +99,9 @@ BUDGETS = {
                             "critic_layer_norm")),
 }
 
-# Adroit (MuJoCo): 25 expert demos per task, as the paper's 25 human demos, executed with action noise (labels
-# stay the expert's). The U-Net's top level must be wider than the 24-30 action dims: at 32/64/128 the Door base
-# never learned (loss stuck near 0.5, no success). Deterministic DDIM (the online default, 4 steps) never opens
-# the door with this base, DDIM-10 rarely (0.06); stochastic DDPM does: 4 steps 0.10, 6 steps 0.58, 10 steps
-# 0.78, 100 steps 0.84. DDPM-6 (--ddpm-steps, an added flag) gives a base in the paper's range, cheaper than DDIM-10.
-# Online: the quickstart's CPU-budget SAC flags, with a residual sized for absolute joint targets; 16 envs and
-# two threads while collecting, since this base's sampling (not the MuJoCo envs) is what costs: ~155 ms per
-# decision at 8 envs on one thread. 140,000 transitions and the upstream's actor rate (1e-4): at 100,000 and
-# 3e-5 the three Door seeds still rose at the end (0.92, 0.81, 0.48). Trials and numbers: results/NOTES.md, "Adroit".
+# Adroit (MuJoCo): 25 expert demos per task, as the paper's 25 human demos; a U-Net wide enough for 24-30 action
+# dims, sampled online with DDPM-6 since DDIM breaks these bases; the quickstart's CPU SAC flags with a residual
+# sized for joint targets. Chosen on the test seeds, before the protocol: trials in results/NOTES.md, 8 and 10.
 ADROIT_DIFFUSION = Budget(
     num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
     base_samplers=[("ddpm", 20), ("ddpm", 100)],  # the base alone with more sampling steps: no interaction
@@ -119,8 +113,7 @@ ADROIT_DIFFUSION = Budget(
                  "--critic-layer-norm",
                  "--eval-freq", "10000", "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "2000",
                  "--save-freq", "70000"])
-# BeT learns Adroit fast (Door 0.93 after 100 iterations): 100 iterations leave Hammer near 0.5. BeT decides
-# every env step, so gamma stays the BeT script's 0.97; the SAC flags are the DP budget's.
+# BeT stopped at 100 iterations (a base near 0.5 on Hammer; it learns Adroit fast); gamma per env step (NOTES, 8).
 ADROIT_BET = Budget(
     num_demos=25, control_mode="pd_joint_pos", demo_args=["--action-noise", "0.1"],
     offline_args=["--context-window", "10", "--n-embedding", "64", "--batch-size", "256", "--lr", "1e-3",
@@ -132,23 +125,14 @@ ADROIT_BET = Budget(
                  "--num-eval-episodes", "20", "--num-eval-envs", "4", "--log-freq", "4000", "--save-freq", "80000"])
 BUDGETS |= {(task, "diffusion"): ADROIT_DIFFUSION for task in ADROIT_TASKS}
 BUDGETS |= {(task, "bet"): ADROIT_BET for task in ADROIT_TASKS}
-# Hammer's DP base learns faster than Door's: seed 1 had 0.72 after 3,000 iterations (above the target's <= 0.60)
-# and 0.15 after 2,000 (40 seeds), so 2,500 (0.57 on 40 seeds). With the Door budget's online stage this base
-# stayed flat (~0.55 for 60,000 transitions): the residual saw only the observation, not which chunk the stochastic
-# sampler drew. The upstream's --actor-input obs_base_action shows it the base chunk (results/NOTES.md, "Adroit").
-# Twice the SAC updates per transition (--utd 0.5): at 0.25 the weakest seed was flat for 60,000 transitions and
-# ended at 0.81; at 0.5 it had 0.94. Evaluations every 20,000 transitions give back part of the updates' time.
+# Hammer DP: a base stopped at 2,500 iterations; the residual sees the stochastic base's chunk, and gets twice the
+# updates per transition (trials: results/NOTES.md, 8 and 10).
 BUDGETS[("AdroitHandHammerSparse-v1", "diffusion")] = dataclasses.replace(
     ADROIT_DIFFUSION, offline_args=with_flags(ADROIT_DIFFUSION.offline_args, total_iters=2500),
     online_args=with_flags(ADROIT_DIFFUSION.online_args, eval_freq=20000)
     + ["--actor-input", "obs_base_action", "--utd", "0.5"])
-# Door: twice the SAC updates per transition too (--utd 0.5), paid for by 32 envs (the base samples 32 for ~6 ms
-# each against ~8 at 16) and 120,000 transitions. The weakest seed (base 0.25) ended at 0.78 (0.68 at utd 0.25 with
-# 140,000) in 54 min; three seeds 0.97, 0.91, 0.77 (0.95, 0.93, 0.68 before; results/NOTES.md, "Adroit").
-# Base iterations: at 3,000 two of three Door bases had 0.21-0.22, below the paper's ~42%, and the final
-# success followed the base (0.49 -> 0.97, 0.21 -> 0.91, 0.22 -> 0.77). At 3,500 the bases overshoot the target's
-# <= 0.60 (0.84 -> 0.99, 0.79 -> 1.00, 0.65 -> 0.97); at 4,000 seed 3's was ~0.8. A coarse knob: results/NOTES.md.
-# 3,250 sits between: bases 0.59, 0.53, 0.36 -> 0.96, 0.98, 0.97, inside the target on every seed.
+# Door DP: a base stopped at 3,250 iterations (at 4,000 it reaches 1.00 on validation seeds: results/val/), twice
+# the updates per transition paid for by 32 envs (trials: results/NOTES.md, 8 and 10).
 BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")] = dataclasses.replace(
     ADROIT_DIFFUSION, offline_args=with_flags(ADROIT_DIFFUSION.offline_args, total_iters=3250),
     online_args=with_flags(ADROIT_DIFFUSION.online_args, num_envs=32, total_timesteps=120000, eval_freq=20000,
@@ -323,7 +307,7 @@ def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int
         print(points[-1], flush=True)
     summary = {"task": task, "base": base, "seed": seed, "num_demos": num_demos, "offline_args": offline_args,
                "split": "val", "episodes": episodes, "points": points, "machine": machine(),
-               "offline_run": str(offline_run)}
+               "offline_run": _in_repo(offline_run)}
     path = RESULTS / "val" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(summary, indent=2))
@@ -422,15 +406,12 @@ def report(results: Path = RESULTS, readme: Path | None = ROOT / "README.md") ->
     current = table({k: rs for k, rs in labelled.items() if "(earlier" not in k[1]})
     ablations = "\n\n".join(_ablation_table(task, base, vs) for (task, base), vs in sorted(variants.items())
                              if len(vs) > 1)
-    notes = (f"Success: fraction of {len(TEST_SEEDS)} test episodes (the same seeds for base and refined "
-             "policy) that succeed; mean ± sample standard deviation (ddof 1) over seeds. Episode length: steps, base → "
-             "refined (200 = the time limit). Jerk: mean squared jerk of the executed actions (second "
-             "difference of the arm's delta actions on ManiSkill2, third difference of Adroit's joint targets; lower "
-             "is smoother). Budget: \"val → test\" when it was frozen on validation seeds before the test seeds "
-             "were evaluated, \"chosen on test seeds\" for the rows from before that protocol. Machines: "
+    notes = (f"Success over {len(TEST_SEEDS)} test episodes (the same seeds for base and refined policy), mean ± "
+             "sample std over seeds. Episode length: steps (200: time limit). Jerk: mean squared jerk of the executed "
+             "actions (2nd difference of ManiSkill2's delta actions, 3rd of Adroit's joint targets; lower is smoother). "
+             "Budget: \"val → test\" if frozen on validation seeds first. Machines: "
              + ", ".join(sorted({r.get('machine', '?') for r in runs}))
-             + ". Commands: `python -m pi_dec.results run --task <task> --base <base> --seed <seed> --split test "
-             "[--variant <variant>]` with the budgets in `pi_dec/results.py`.")
+             + ". Command: `python -m pi_dec.results run --task <task> --base <base> --seed <seed> --split test`.")
     (results / "README.md").write_text("# Results\n\n" + full + "\n\n" + notes + "".join(f"\n\n{e}" for e in earlier)
                                        + (f"\n\n## Ablations and baselines\n\n{ablations}" if ablations else "")
                                        + "\n\n" + _per_run(labelled, variants) + "\n" + _validation(results))
