@@ -320,7 +320,9 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
 
     demo = demos_in_mode(data_dir, control_mode, num_procs=2)  # converts the demos if this mode is new there
     offline_out, online_out = base_dir / "offline", out / "online"
-    base_cmd = [str(c) for c in (sys.executable, offline_script, "--env-id", env_id, "--demo-path", demo,
+    # the budget's first num_demos demos, however many the folder holds (it may keep more for another budget)
+    demos = ["--demo-path", demo, "--num-demo-traj", budget.num_demos]
+    base_cmd = [str(c) for c in (sys.executable, offline_script, "--env-id", env_id, *demos,
                                  "--control-mode", control_mode, "--seed", seed, "--output-dir", offline_out,
                                  "--exp-name", "base", *budget.offline_args)]
     reused = finished_base(base_dir, base_cmd)
@@ -335,8 +337,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
                                                        "base_run": _in_repo(base_run), "seconds": times["base"]}))
     base_ckpt = base_run / "checkpoints" / "best.pt"
     # a baseline script (budget.online_script) learns from the demonstrations instead of the base policy
-    source = (["--demo-path", demo, "--control-mode", control_mode] if budget.online_script
-              else ["--base-policy-ckpt", base_ckpt])
+    source = ([*demos, "--control-mode", control_mode] if budget.online_script else ["--base-policy-ckpt", base_ckpt])
     times["online"] = stage("3/4 online: " + ("baseline" if budget.online_script else "Policy Decorator"), [
         sys.executable, online_script, "--env-id", env_id, *source, "--seed", seed,
         "--output-dir", online_out, "--exp-name", "pi_dec", *budget.online_args])

@@ -171,6 +171,12 @@ class Run:
             tag += f"_{args.exp_name}" if args.exp_name else ""
             path = Path(args.output_dir) / args.env_id / algo_name / tag
         self.path = Path(path)
+        for folder in (self.path, *self.path.parents):  # a file where a folder goes: one line, not mkdir's traceback
+            if folder.exists():
+                if not folder.is_dir():
+                    raise UsageError(f"--output-dir {args.output_dir}: {folder} is a file, not a folder; "
+                                     "pass another --output-dir or move the file.")
+                break
         self.name = str(self.path.relative_to(args.output_dir)) if self.path.is_relative_to(args.output_dir) else self.path.name
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / "args.json").exists():

@@ -286,6 +286,8 @@ def test_tiny_experiment_end_to_end(demos, tmp_path):
     for name in ("base", "refined"):
         assert list((tmp_path / "videos" / name).glob("*.mp4")), f"no {name} video"
     assert not summary["base_reused"]
+    command = json.loads((tmp_path / "base_done.json").read_text())["command"]
+    assert command[command.index("--num-demo-traj") + 1] == "3"  # the budget's demos, not all the folder holds
     # the residual actor is as narrow as asked (the evaluation above rebuilt it from the run's args.json)
     final = torch.load(next((ROOT / summary["online_run"]).glob("checkpoints/*.pt")), weights_only=False)
     assert final["res_actor"]["fc_mean.weight"].shape[1] == 32 and final["qf1"]["net.0.weight"].shape[0] == 32

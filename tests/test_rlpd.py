@@ -106,6 +106,12 @@ def test_demos_of_another_task_and_bad_flags_are_one_line(door_demos, tmp_path):
     assert "demos of another task?" in result.stderr
     result = run_script("online/rlpd_maniskill2.py", "--num-min-qs", 3, "--num-qs", 2, check=False)
     assert result.returncode == 2 and "--num-min-qs 3: at most --num-qs (2)" in result.stderr
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    result = run_script("online/rlpd_maniskill2.py", "--env-id", "AdroitHandDoorSparse-v1", "--demo-path",
+                        door_demos / "AdroitHandDoorSparse-v1" / "trajectory.h5", "--output-dir", a_file, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--output-dir {a_file}: {a_file} is a file, not a folder" in result.stderr
 
 
 @needs_experts
