@@ -216,8 +216,10 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     if rlpd:
         from pi_dec.suites import suite_for
 
-        space = suite_for(env_id).make(env_id, control_mode, "state", None, {}, None).action_space
-        refined, refined_horizon = rlpd_policy(online_run, obs_dim, act_dim, space.low, space.high), 1
+        env = suite_for(env_id).make(env_id, control_mode, "state", None, {}, None)
+        low, high = env.action_space.low, env.action_space.high
+        env.close()
+        refined, refined_horizon = rlpd_policy(online_run, obs_dim, act_dim, low, high), 1
     else:
         final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
         ckpt = torch.load(final, map_location="cpu", weights_only=True)

@@ -108,7 +108,11 @@ def run_cell(cmd: list[str], log: str) -> int:
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
-            return proc.wait()
+            while True:  # a short wait at a time: Ray's cancel is raised between Python steps, not inside one
+                try:
+                    return proc.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    pass
         except KeyboardInterrupt:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

@@ -91,6 +91,15 @@ def test_validation_and_test_seeds_are_disjoint_and_apart_from_the_demos():
     assert min(VAL_SEEDS + TEST_SEEDS) > 10_000  # demos are generated from seeds 0, 1, ...
 
 
+def test_test_runs_and_validation_runs_are_kept_apart(tmp_path):
+    from pi_dec.results import Places
+
+    places = Places(tmp_path / "results", tmp_path / "output", tmp_path / "data")
+    assert places.summary("T-v0", "diffusion", 1, "test", "pi_dec") == tmp_path / "results" / "runs" / "T-v0_diffusion_1.json"
+    assert places.summary("T-v0", "bet", 2, "val", "rlpd") == tmp_path / "results" / "val" / "T-v0_bet_rlpd_2.json"
+    assert places.experiment_dir("T-v0", "bet", 2) == tmp_path / "output" / "results" / "T-v0_bet_2"
+
+
 def test_an_ablation_changes_only_its_own_flag():
     budget = BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")]
     assert variant_budget(budget, "pi_dec") == budget

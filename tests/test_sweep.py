@@ -67,8 +67,8 @@ def test_a_stopped_sweep_resumes_on_a_cluster_and_a_rerun_skips_every_finished_c
     assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
     assert "stopping" in out and summaries(tmp_path) == [f"{DOOR}_diffusion_1.json"]  # the finished cell is kept
     assert json.loads((tmp_path / "results" / "runs" / f"{DOOR}_diffusion_1.json").read_text())["split"] == "test"
-    leftover = subprocess.run(["pgrep", "-f", f"--output-dir {tmp_path}/output"], capture_output=True, text=True)
-    assert not leftover.stdout.strip(), "the cancelled cell's experiment still runs"
+    leftover = subprocess.run(["pgrep", "-f", "--", f"--output-dir {tmp_path}/output"], capture_output=True, text=True)
+    assert leftover.returncode == 1, f"the cancelled cell's experiment still runs: {leftover.stdout}"  # 1: none
 
     # 2. the same command against a Ray cluster started here (only --address differs): only seed 2 runs
     port = free_port()
