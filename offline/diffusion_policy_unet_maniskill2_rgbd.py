@@ -75,7 +75,8 @@ def main(args: Args) -> Run:
     probe = suite.make(args.env_id, args.control_mode, "rgbd", None, env_kwargs, None)
     key_order = probe.observation_space
     probe.close()
-    trajs = load_demos(args.demo_path, args.control_mode, args.num_demo_traj, rgbd=(parts, key_order))
+    trajs = load_demos(args.demo_path, args.control_mode, args.num_demo_traj, rgbd=(parts, key_order),
+                       env_id=args.env_id)
     data = WindowDataset(trajs, args.obs_horizon, args.pred_horizon, args.control_mode, device)
     state_dim, act_dim = data.obs["state"].shape[1], data.act.shape[1]
     rgb_channels = data.obs["rgb"].shape[1]

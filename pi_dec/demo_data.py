@@ -46,12 +46,17 @@ def mode_sibling(h5_path: Path, control_mode: str) -> Path:
     return h5_path.with_name(f"{h5_path.stem}.state.{control_mode}.h5")
 
 
+def task_name(env_id: str) -> str:
+    """'PegInsertionSide-v2' -> 'PegInsertionSide': our -v2 variants read the official -v0 demos of their task."""
+    return env_id.rsplit("-v", 1)[0]
+
+
 def load_demos(demo_path: str | Path, control_mode: str | None = None,
-               num_traj: int | None = None, rgbd: tuple | None = None) -> list[dict]:
+               num_traj: int | None = None, rgbd: tuple | None = None, env_id: str | None = None) -> list[dict]:
     """The first `num_traj` trajectories (by index) as dicts of float32 arrays:
     obs (L+1, obs_dim) and actions (L, act_dim).
 
-    `control_mode`, if given, must equal the mode the file was recorded in. With `rgbd` = (state parts,
+    `control_mode`, if given, must equal the mode the file was recorded in; `env_id`, if given, its task. With `rgbd` = (state parts,
     the env's observation space), obs is {state, rgb, depth} of RGB-D frames (pi_dec/rgbd.py).
     """
     h5_path = Path(demo_path)
@@ -61,6 +66,10 @@ def load_demos(demo_path: str | Path, control_mode: str | None = None,
     if not episodes:
         raise DemoFileError(f"{h5_path} holds no episodes (its JSON lists none). {GENERATE_HINT}")
 
+    recorded_env = env_info.get("env_id")
+    if env_id and recorded_env and task_name(recorded_env) != task_name(env_id):
+        raise DemoFileError(f"{h5_path} holds demos of {recorded_env}, not of {env_id}: pass the demos of "
+                            f"{env_id} (python -m pi_dec.demos --env-id {env_id} ...).")
     recorded = recorded_control_mode(env_info, episodes)
     if control_mode is not None and recorded != control_mode:
         sibling = mode_sibling(h5_path, control_mode)

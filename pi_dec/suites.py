@@ -94,7 +94,7 @@ class ManiSkill2Suite:
     def load_demos(path, env_id: str, control_mode: str | None, num_traj: int | None) -> list[dict]:
         from pi_dec.demo_data import load_demos
 
-        return load_demos(path, control_mode=control_mode, num_traj=num_traj)
+        return load_demos(path, control_mode=control_mode, num_traj=num_traj, env_id=env_id)
 
 
 class AdroitSuite:
@@ -142,7 +142,7 @@ class AdroitSuite:
 
         if is_minari_file(path):
             return load_minari_demos(path, env_id, num_traj)
-        return load_demos(path, control_mode=control_mode, num_traj=num_traj)
+        return load_demos(path, control_mode=control_mode, num_traj=num_traj, env_id=env_id)
 
 
 def suite_for(env_id: str):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import socket
@@ -88,14 +87,9 @@ def check_inputs(cell: Cell, places: Places, budgets: dict) -> None:
     demo = places.data / cell.task.split("-")[0] / "trajectory.h5"
     if demo.is_file():
         try:
-            env_id = json.loads(demo.with_suffix(".json").read_text())["env_info"]["env_id"]
-            if env_id != cell.task:
-                raise UsageError(f"{demo}: demos of {env_id}, not of {cell.task}; move them or pass another --data-dir.")
-            load_demos(demo)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            if isinstance(err, UsageError):
-                raise
-            raise UsageError(f"{demo}: {err if isinstance(err, DemoFileError) else f'unreadable ({err})'}") from None
+            load_demos(demo, env_id=cell.task)
+        except DemoFileError as err:
+            raise UsageError(f"cell {cell.name}: {err}") from None
     variant_budget(budgets[(cell.task, cell.base)], cell.variant, cell.base)
 
 

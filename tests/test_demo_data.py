@@ -88,6 +88,13 @@ def test_nan_or_inf_in_demos_is_one_error_naming_the_step(tmp_path, key, bad):
         load_demos(path)
 
 
+def test_demos_of_another_task_are_one_error_but_another_version_of_it_is_fine(tmp_path):
+    path = write_demo(tmp_path / "t.h5")  # recorded as PickCube-v0
+    with pytest.raises(DemoFileError, match="t.h5 holds demos of PickCube-v0, not of StackCube-v0"):
+        load_demos(path, env_id="StackCube-v0")
+    assert len(load_demos(path, env_id="PickCube-v2")) == 2  # a -v2 variant reads its task's official demos
+
+
 def test_inconsistent_dims_between_trajectories(tmp_path):
     path = write_demo(tmp_path / "t.h5")
     with h5py.File(path, "a") as h5:

@@ -103,7 +103,7 @@ def test_demos_of_another_task_and_bad_flags_are_one_line(door_demos, tmp_path):
                         door_demos / "AdroitHandHammerSparse-v1" / "trajectory.h5", "--output-dir", tmp_path,
                         check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "demos of another task?" in result.stderr
+    assert "holds demos of AdroitHandHammerSparse-v1, not of AdroitHandDoorSparse-v1" in result.stderr
     result = run_script("online/rlpd_maniskill2.py", "--num-min-qs", 3, "--num-qs", 2, check=False)
     assert result.returncode == 2 and "--num-min-qs 3: at most --num-qs (2)" in result.stderr
     a_file = tmp_path / "a_file"

@@ -137,7 +137,7 @@ def test_foreign_or_damaged_demos_stop_a_cell_before_it_starts(tmp_path):
             "episodes": [{"episode_id": 0, "control_mode": "pd_joint_pos"}]}
     (folder / "trajectory.json").write_text(json.dumps(meta))
     result = sweep(tmp_path, "--seeds", 1)
-    assert result.returncode == 2 and "demos of AdroitHandHammerSparse-v1, not of AdroitHandDoorSparse-v1" in result.stderr
+    assert result.returncode == 2 and "holds demos of AdroitHandHammerSparse-v1, not of AdroitHandDoorSparse-v1" in result.stderr
     meta["env_info"]["env_id"] = DOOR
     (folder / "trajectory.json").write_text(json.dumps(meta))
     result = sweep(tmp_path, "--seeds", 1)
