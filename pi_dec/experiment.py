@@ -299,6 +299,22 @@ def eval_curve(online_run: Path) -> list[list[float]]:
     return [[p.step * horizon, round(p.value, 4)] for p in events.Scalars("eval/success")]
 
 
+def demo_folder(data_root: Path, env_id: str, budget: Budget) -> Path:
+    """Where a budget's demos live: one folder per task and generation flags, so that budgets whose demos differ
+    (noise, labels) never read each other's: data/AdroitHandDoorSparse_action-noise_0.1."""
+    return data_root / "_".join([env_id.split("-")[0], *(str(a).lstrip("-") for a in budget.demo_args)])
+
+
+def ensure_demos(env_id: str, budget: Budget, data_dir: Path) -> float:
+    """Generate the budget's demos in data_dir unless enough are there; seconds taken (0: already there)."""
+    summary = data_dir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text())["successes"] >= budget.num_demos:
+        return 0.0
+    return stage(f"1/4 demonstrations: {budget.num_demos} for {env_id}", [
+        sys.executable, "-m", "pi_dec.demos", "--env-id", env_id, "--num-demos", budget.num_demos,
+        "--out", data_dir, "--num-procs", 2, *budget.demo_args])
+
+
 def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path, data_dir: Path,
                    eval_seeds: list[int], video: bool = True, base_dir: Path | None = None) -> dict:
     """The whole pipeline; returns (and writes to out/summary.json) a small summary. `base_dir` (default
@@ -313,10 +329,8 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     online_script = budget.online_script or online_script
     times = {}
     control_mode = budget.control_mode
-    if not (data_dir / "summary.json").exists() or json.loads((data_dir / "summary.json").read_text())["successes"] < budget.num_demos:
-        times["demos"] = stage(f"1/4 demonstrations: {budget.num_demos} for {env_id}", [
-            sys.executable, "-m", "pi_dec.demos", "--env-id", env_id, "--num-demos", budget.num_demos,
-            "--out", data_dir, "--num-procs", 2, *budget.demo_args])
+    if seconds := ensure_demos(env_id, budget, data_dir):
+        times["demos"] = seconds
     from pi_dec.demos.cli import demos_in_mode
     from pi_dec.run import atomic_write_text
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi_dec.experiment import ROOT, Budget, _in_repo, run_experiment
+from pi_dec.experiment import ROOT, Budget, _in_repo, demo_folder, ensure_demos, run_experiment
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.run import atomic_write_text, cli_flag
 from pi_dec.suites import ADROIT_TASKS
@@ -253,7 +253,7 @@ def run(task: str, base: str, seed: int, split: str = "test", variant: str = "pi
     budget = variant_budget(budgets[(task, base)], variant, base)
     base_dir = places.experiment_dir(task, base, seed)
     out = base_dir if (split, variant) == ("test", "pi_dec") else base_dir / f"{split}_{variant}"
-    summary = run_experiment(task, base, seed, budget, out, places.data / task.split("-")[0],
+    summary = run_experiment(task, base, seed, budget, out, demo_folder(places.data, task, budget),
                              SPLITS[split][:budget.eval_episodes], video=False, base_dir=base_dir)
     summary |= {"machine": machine(), "split": split, "variant": variant}
     path = places.summary(task, base, seed, split, variant)
@@ -276,7 +276,8 @@ def finished(task: str, base: str, seed: int, split: str, variant: str, places: 
 
 
 def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int, every: int,
-               samplers: list[tuple[str, int]], episodes: int, offline_run: Path | None = None) -> Path:
+               samplers: list[tuple[str, int]], episodes: int, offline_run: Path | None = None,
+               demo_args: list[str] | None = None) -> Path:
     """How the base alone improves with training, on validation seeds: train it (the budget's offline flags,
     `num_demos` demos, `total_iters` iterations, a checkpoint every `every`), then evaluate each checkpoint with
     each sampler. Chooses a base budget (iterations, demos, sampler) without looking at the test seeds."""
@@ -284,14 +285,15 @@ def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int
     from pi_dec.run import UsageError
 
     budget = BUDGETS[(task, base)]
-    name = f"{task}_{base}_curve_{num_demos}demos_{seed}"
+    budget = budget if demo_args is None else dataclasses.replace(budget, demo_args=demo_args)
+    tag = "_".join(a.lstrip("-") for a in demo_args) if demo_args else ""
+    name = f"{task}_{base}_curve_{num_demos}demos{'_' + tag if tag else ''}_{seed}"
     offline_args = set_flags(budget.offline_args, total_iters=total_iters, save_freq=every)
     if offline_run is None:
         out = ROOT / "output" / "results" / "val" / name
-        demo = ROOT / "data" / task.split("-")[0] / "trajectory.h5"
-        if not demo.exists():
-            raise UsageError(f"{demo}: no demos; make them first with python -m pi_dec.demos --env-id {task} "
-                             f"--num-demos {budget.num_demos} --out {demo.parent} {' '.join(budget.demo_args)}")
+        data = demo_folder(ROOT / "data", task, budget)
+        ensure_demos(task, dataclasses.replace(budget, num_demos=max(num_demos, budget.num_demos)), data)
+        demo = data / "trajectory.h5"
         stage(f"base policy ({base}), {num_demos} demos, {total_iters} iterations", [
             sys.executable, SCRIPTS[base][0], "--env-id", task, "--demo-path", demo, "--control-mode",
             budget.control_mode, "--seed", seed, "--output-dir", out, "--exp-name", "base",
@@ -305,7 +307,8 @@ def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int
         evals = evaluate_base(ckpt, base, task, budget.control_mode, VAL_SEEDS[:episodes], samplers)
         points.append({"iters": int(ckpt.stem)} | {k: float(np.mean(r["success"])) for k, r in evals.items()})
         print(points[-1], flush=True)
-    summary = {"task": task, "base": base, "seed": seed, "num_demos": num_demos, "offline_args": offline_args,
+    summary = {"task": task, "base": base, "seed": seed, "num_demos": num_demos, "demo_args": budget.demo_args,
+               "offline_args": offline_args,
                "split": "val", "episodes": episodes, "points": points, "machine": machine(),
                "offline_run": _in_repo(offline_run)}
     path = RESULTS / "val" / f"{name}.json"
@@ -571,6 +574,8 @@ def main() -> None:
                    help="Diffusion Policy samplers to evaluate each checkpoint with (ignored for BeT)")
     c.add_argument("--episodes", type=int, default=50, help="validation episodes per evaluation")
     c.add_argument("--offline-run", type=Path, help="evaluate this finished offline run instead of training one")
+    c.add_argument("--demo-args", help="demo generation flags instead of the budget's, e.g. "
+                                       "'--action-noise 0.2 --record-executed' (a way to weaken the data)")
     sub.add_parser("report", help="rebuild results/README.md, results/success.png and the README section")
     args = parser.parse_args()
     from pi_dec.run import COUNT, SEED, UsageError, check_numbers, user_errors
@@ -596,7 +601,7 @@ def main() -> None:
                 raise UsageError(f"--offline-run {args.offline_run}: not an offline run folder (no checkpoints/).")
             samplers = args.samplers if args.base == "diffusion" else [("bet", 0)]
             base_curve(args.task, args.base, args.seed, args.num_demos, args.total_iters, args.every, samplers,
-                       args.episodes, args.offline_run)
+                       args.episodes, args.offline_run, args.demo_args.split() if args.demo_args else None)
         else:
             report()
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pi_dec.experiment import ROOT
+from pi_dec.experiment import ROOT, demo_folder
 from pi_dec.results import (SPLITS, VARIANTS, Places, add_place_flags, finished, load_budgets, report, run_name,
                             variant_budget)
 from pi_dec.run import UsageError, user_errors
@@ -84,7 +84,7 @@ def check_inputs(cell: Cell, places: Places, budgets: dict) -> None:
     for path in (places.experiment_dir(cell.task, cell.base, cell.seed), cell.log(places).parent):
         if path.exists() and not path.is_dir():
             raise UsageError(f"{path}: is a file where the cell {cell.name} writes its run folder; move it.")
-    demo = places.data / cell.task.split("-")[0] / "trajectory.h5"
+    demo = demo_folder(places.data, cell.task, budgets[(cell.task, cell.base)]) / "trajectory.h5"
     if demo.is_file():
         try:
             load_demos(demo, env_id=cell.task)

@@ -127,6 +127,24 @@ def test_noisy_demos_record_the_expert_action_not_the_executed_one(adroit_demos)
     assert np.abs(clean - traj["obs"][10]).max() > 1e-3  # the noise did move the hand
 
 
+@needs_experts
+def test_record_executed_keeps_the_noisy_actions_that_made_the_demo(tmp_path):
+    """--record-executed: the labels are the actions the env ran (replaying them from the seed retraces the demo),
+    not the expert's."""
+    from pi_dec.demos.adroit import generate, load_expert
+
+    generate("AdroitHandDoorSparse-v1", 1, tmp_path, 0, 10, str(EXPERT_DIR), 0.2, 0, record_executed=True)
+    traj = load_demos(tmp_path / "trajectory.h5")[0]
+    expert = load_expert("AdroitHandDoorSparse-v1", EXPERT_DIR)
+    assert np.abs(traj["actions"][0] - expert(traj["obs"][0].astype(np.float64))).max() > 0.05  # noisy labels
+    env = AdroitSuite.make("AdroitHandDoorSparse-v1", None, "state", None, {}, None)
+    obs, _ = env.reset(seed=json.loads((tmp_path / "trajectory.json").read_text())["episodes"][0]["episode_seed"])
+    for t in range(10):
+        obs = env.step(traj["actions"][t])[0]
+        np.testing.assert_allclose(obs, traj["obs"][t + 1], atol=1e-3)
+    assert json.loads((tmp_path / "summary.json").read_text())["record_executed"] is True
+
+
 def test_missing_expert_folder_is_one_line(tmp_path):
     import subprocess
     import sys

@@ -128,7 +128,7 @@ def test_foreign_or_damaged_demos_stop_a_cell_before_it_starts(tmp_path):
     import h5py
     import numpy as np
 
-    folder = tmp_path / "data" / DOOR.split("-")[0]
+    folder = tmp_path / "data" / "AdroitHandDoorSparse_action-noise_0.1"  # the tiny budget's demo folder
     folder.mkdir(parents=True)
     with h5py.File(folder / "trajectory.h5", "w") as h5:
         h5.create_dataset("traj_0/obs", data=np.zeros((3, 39), np.float32))

@@ -61,8 +61,9 @@ def load_expert(env_id: str, expert_dir: str | Path) -> ExpertPolicy:
 
 
 def record_episode(env, expert: ExpertPolicy, seed: int, action_noise: float, extra_steps: int,
-                   rng: np.random.Generator) -> dict | None:
-    """One expert episode; None if it did not succeed within the time limit."""
+                   rng: np.random.Generator, record_executed: bool = False) -> dict | None:
+    """One expert episode; None if it did not succeed within the time limit. The recorded action is the
+    expert's, or with `record_executed` the noisy one the env executed (as a teleoperator's demos hold theirs)."""
     obs, _ = env.reset(seed=seed)
     observations, actions, first_success = [obs], [], None
     for t in range(MAX_EPISODE_STEPS):
@@ -70,7 +71,7 @@ def record_episode(env, expert: ExpertPolicy, seed: int, action_noise: float, ex
         executed = np.clip(label + action_noise * rng.standard_normal(label.shape), -1.0, 1.0) if action_noise else label
         obs, _, _, _, info = env.step(executed)
         observations.append(obs)
-        actions.append(label)
+        actions.append(executed if record_executed else label)
         if first_success is None and info["success"]:
             first_success = t
         if first_success is not None and t >= first_success + extra_steps:
@@ -100,7 +101,7 @@ def write_trajectories(path: Path, env_id: str, episodes: list[dict]) -> None:
 
 
 def generate(env_id: str, num_demos: int, out: Path, seed: int, max_attempts: int, expert_dir: str,
-             action_noise: float, extra_steps: int) -> dict:
+             action_noise: float, extra_steps: int, record_executed: bool = False) -> dict:
     """Roll out the expert on seeds seed, seed+1, ... until `num_demos` successes; write out/trajectory.h5."""
     expert = load_expert(env_id, expert_dir)
     env = AdroitSuite.make(env_id, None, "state", None, {}, None)
@@ -113,7 +114,7 @@ def generate(env_id: str, num_demos: int, out: Path, seed: int, max_attempts: in
     start, episodes, failed = time.time(), [], []
     attempt = 0
     while len(episodes) < num_demos and attempt < max_attempts:
-        ep = record_episode(env, expert, seed + attempt, action_noise, extra_steps, rng)
+        ep = record_episode(env, expert, seed + attempt, action_noise, extra_steps, rng, record_executed)
         (episodes.append(ep) if ep else failed.append(seed + attempt))
         attempt += 1
     env.close()
@@ -123,7 +124,8 @@ def generate(env_id: str, num_demos: int, out: Path, seed: int, max_attempts: in
     write_trajectories(out / "trajectory.h5", env_id, episodes)
     lengths = [len(ep["actions"]) for ep in episodes]
     summary = {"env_id": env_id, "source": f"expert {Path(expert_dir) / EXPERT_FILES[env_id]}", "seed": seed,
-               "action_noise": action_noise, "extra_steps": extra_steps, "attempts": attempt,
+               "action_noise": action_noise, "record_executed": record_executed, "extra_steps": extra_steps,
+               "attempts": attempt,
                "successes": len(episodes), "success_rate": len(episodes) / attempt, "failed_seeds": failed,
                "length_min": min(lengths), "length_mean": sum(lengths) / len(lengths), "length_max": max(lengths),
                "converted": {AdroitSuite.default_control_mode: {"file": str(out / "trajectory.h5"),

@@ -58,6 +58,9 @@ class Args:
     """Adroit: std of Gaussian noise added to the executed actions (the recorded action stays the expert's)"""
     extra_steps: int = 5
     """Adroit: steps recorded after the first success"""
+    record_executed: bool = False
+    """Adroit: record the executed (noisy) action instead of the expert's, as a human's demos hold their own
+    imprecision (a way to weaken the data; off: the expert's clean action)"""
 
 
 # What each numeric flag allows.
@@ -108,7 +111,7 @@ def main(args: Args) -> dict:
     if args.env_id in adroit.EXPERT_FILES:
         out = Path(args.out or f"data/{args.env_id.split('-')[0].replace('Hand', '').replace('Sparse', '')}")
         return adroit.generate(args.env_id, args.num_demos, out, args.seed, args.max_attempts or 2 * args.num_demos + 20,
-                               args.expert_dir, args.action_noise, args.extra_steps)
+                               args.expert_dir, args.action_noise, args.extra_steps, args.record_executed)
     if args.env_id not in SOLVERS:
         raise SystemExit(f"No scripted solver for {args.env_id!r}; available: {', '.join(SOLVERS)}")
     out = Path(args.out or f"data/{args.env_id.split('-')[0]}")
