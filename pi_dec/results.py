@@ -480,7 +480,8 @@ def _validation(results: Path) -> str:
         if "points" in v:  # a base curve
             samplers = [k for k in v["points"][0] if k != "iters"]
             curve = "; ".join(f"{p['iters']:,}: " + " / ".join(f"{p[k]:.2f}" for k in samplers) for p in v["points"])
-            lines.append(f"- {v['task']} / {v['base']} base alone, {v['num_demos']} demos, seed {v['seed']}, "
+            made = f" (`{' '.join(v['demo_args'])}`)" if v.get("demo_args") else ""
+            lines.append(f"- {v['task']} / {v['base']} base alone, {v['num_demos']} demos{made}, seed {v['seed']}, "
                          f"{v['episodes']} episodes ({' / '.join(samplers)}) by training iterations: {curve}")
         else:
             now = BUDGETS.get((v["task"], v["base"]))
