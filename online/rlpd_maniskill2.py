@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
 from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
-from pi_dec.nets.sac import ResidualActor, SoftQNetwork
+from pi_dec.nets.sac import ResidualActor, SoftQNetwork, from_unit, to_unit  # RLPD rescales actions to [-1, 1]
 from pi_dec.policy_decorator import ReplayBuffer, bootstrap_masks, crossed, frozen, obs_tensor
 from pi_dec.run import (COUNT, POSITIVE, RUN_RULES, Run, RunArgs, StepTimer, UsageError, at_least, between,
                         check_eval_episodes, check_numbers, run_episodes, setup_torch, user_errors)
@@ -159,11 +159,6 @@ def recorded_first_success(demo_path: str, num_traj: int | None) -> list[int | N
     return [ep.get("first_success") for ep in episodes][:num_traj]
 
 
-def to_unit(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Env actions -> the actor's [-1, 1] (RLPD rescales every action space so)."""
-    return 2 * (action - low) / (high - low) - 1
-
-
 # ------------------------------------------------------------------------------------------------ #
 # The update
 # ------------------------------------------------------------------------------------------------ #
@@ -264,7 +259,7 @@ def main(args: Args) -> Run:
     def act(obs):  # deterministic: the evaluations' policy
         with torch.no_grad():
             a = actor.get_eval_action(obs_tensor(obs, device)[:, -1]).cpu().numpy()
-        return (low + (a + 1) / 2 * (high - low))[:, None]
+        return from_unit(a, low, high)[:, None]
 
     def evaluate() -> dict:
         actor.eval()
@@ -295,7 +290,7 @@ def main(args: Args) -> Run:
                 with torch.no_grad():
                     a, _, _ = actor.get_action(obs_last)
             a_np = a.cpu().numpy()
-            next_obs, reward, terminated, truncated, infos = envs.step((low + (a_np + 1) / 2 * (high - low))[:, None])
+            next_obs, reward, terminated, truncated, infos = envs.step(from_unit(a_np, low, high)[:, None])
             for info in finished_episodes(infos):
                 train_stats["return"].append(float(np.ravel(info["episode"]["r"])[0]))
                 train_stats["len"].append(int(np.ravel(info["episode"]["l"])[0]))

@@ -170,7 +170,7 @@ def rlpd_policy(online_run: Path, obs_dim: int, act_dim: int, low, high):
     (N, 1, A) actions, the actor's [-1, 1] mapped onto the action space."""
     import torch
 
-    from pi_dec.nets.sac import ResidualActor
+    from pi_dec.nets.sac import ResidualActor, from_unit
 
     run_args = json.loads((online_run / "args.json").read_text())
     final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
@@ -181,7 +181,7 @@ def rlpd_policy(online_run: Path, obs_dim: int, act_dim: int, low, high):
     @torch.no_grad()
     def act(obs):
         a = actor.get_eval_action(torch.as_tensor(obs[:, -1], dtype=torch.float32)).numpy()
-        return (low + (a + 1) / 2 * (high - low))[:, None]
+        return from_unit(a, low, high)[:, None]
     return act
 
 

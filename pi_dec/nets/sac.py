@@ -71,6 +71,16 @@ class ResidualActor(nn.Module):
         return torch.tanh(self.fc_mean(self.backbone(x))) * self.action_scale + self.action_bias
 
 
+def from_unit(action, low, high):
+    """The actor's [-1, 1] -> an action space [low, high] (a baseline acting without a base, RLPD)."""
+    return low + (action + 1) / 2 * (high - low)
+
+
+def to_unit(action, low, high):
+    """An action space [low, high] -> the actor's [-1, 1] (demo actions for RLPD's buffer)."""
+    return 2 * (action - low) / (high - low) - 1
+
+
 def xavier_init_(*modules: nn.Module) -> None:
     """Every Linear xavier-uniform with zero bias (what the original does for ManiSkill1-style envs)."""
     for module in modules:
