@@ -185,14 +185,16 @@ def rlpd_policy(online_run: Path, obs_dim: int, act_dim: int, low, high):
     return act
 
 
+def flag_value(args: list[str], name: str, default=None) -> str | None:
+    """The value of --<name> in a flag list, or `default`: flag_value(a, "total_timesteps")."""
+    flag = "--" + name.replace("_", "-")
+    return args[args.index(flag) + 1] if flag in args else default
+
+
 def sampler_flags(args: list[str]) -> dict:
     """--ddim-steps, --ddpm-steps and --act-horizon of a flag list, as the online DP script's args.json has them."""
-    out = {}
-    for name in ("ddim_steps", "ddpm_steps", "act_horizon"):
-        flag = "--" + name.replace("_", "-")
-        if flag in args:
-            out[name] = int(args[args.index(flag) + 1])
-    return out
+    return {name: int(flag_value(args, name)) for name in ("ddim_steps", "ddpm_steps", "act_horizon")
+            if flag_value(args, name) is not None}
 
 
 def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, seeds: list[int],

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi_dec.experiment import ROOT, Budget, _in_repo, demo_folder, ensure_demos, run_experiment
+from pi_dec.experiment import ROOT, Budget, _in_repo, demo_folder, ensure_demos, flag_value, run_experiment
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.run import atomic_write_text, cli_flag
 from pi_dec.suites import ADROIT_TASKS
@@ -137,11 +137,6 @@ BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")] = dataclasses.replace(
     ADROIT_DIFFUSION, offline_args=with_flags(ADROIT_DIFFUSION.offline_args, total_iters=3250),
     online_args=with_flags(ADROIT_DIFFUSION.online_args, num_envs=32, total_timesteps=120000, eval_freq=20000,
                            save_freq=60000) + ["--utd", "0.5"])
-
-
-def flag_value(args: list[str], name: str, default=None) -> str | None:
-    flag = cli_flag(name)
-    return args[args.index(flag) + 1] if flag in args else default
 
 
 def rlpd_budget(budget: Budget, base: str) -> Budget:
