@@ -3,8 +3,8 @@
     python offline/diffusion_policy_unet_maniskill2_rgbd.py --env-id TurnFaucet-v2 \
         --demo-path data/TurnFaucet/trajectory_rgbd_64x64.h5 --random-shift 2
 
-The same policy, windows and loss as offline/diffusion_policy_unet_maniskill2.py (whose WindowDataset
-this script uses), with a different observation: each frame's rgb (uint8) and depth from the cameras go
+The same policy, windows, loss and training loop as offline/diffusion_policy_unet_maniskill2.py (both in
+pi_dec/diffusion_training.py), with a different observation: each frame's rgb (uint8) and depth from the cameras go
 through a plain conv encoder (256 features), concatenated with the task's state vector, and the U-Net is
 conditioned on those embeddings. The camera size is the demo file's (its json's
 `env_info.env_kwargs.camera_cfgs`); make such files with `python -m pi_dec.demos.rgbd`. Writes
@@ -14,29 +14,25 @@ output/<env_id>/Offline-DiffusionPolicy-UNet-RGBD/<run>/ as the state script doe
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import tyro
-from tqdm import tqdm
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
-from diffusion_policy_unet_maniskill2 import RULES, WindowDataset, check_args  # the state script beside this one
-from diffusion_policy_unet_maniskill2 import Args as StateArgs
 from pi_dec.base_policies import DiffusionPolicyRGBD
-from pi_dec.demo_data import DemoFileError, load_demos, random_batches
+from pi_dec.demo_data import DemoFileError, load_demos
+from pi_dec.diffusion_training import RULES, DiffusionTrainArgs, WindowDataset, check_args, fit
 from pi_dec.make_env import check_env
 from pi_dec.rgbd import camera_kwargs, state_parts
-from pi_dec.run import Run, StepTimer, at_least, offline_eval_envs, run_episodes, setup_torch, user_errors
+from pi_dec.run import Run, at_least, offline_eval_envs, setup_torch, user_errors
 from pi_dec.suites import suite_for
 
 ALGO_NAME = "Offline-DiffusionPolicy-UNet-RGBD"
 
 
 @dataclass
-class Args(StateArgs):
+class Args(DiffusionTrainArgs):
     env_id: str = "TurnFaucet-v2"
     """the task (TurnFaucet, StackCube, PushChair as in the upstream; PickCube, LiftCube, PegInsertionSide too)"""
     demo_path: str = "data/TurnFaucet/trajectory_rgbd_64x64.h5"
@@ -90,61 +86,9 @@ def main(args: Args) -> Run:
 
     agent, ema_agent = policy(), policy()
     run = Run(args, ALGO_NAME, __file__, extra={"image_size": list(image_size)})
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-
-    optimizer = torch.optim.AdamW(agent.parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=1e-6, fused=True)
-    lr_schedule = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=args.total_iters)
-    ema = EMAModel(parameters=agent.parameters(), power=0.75, foreach=True)
-
-    def checkpoint():
-        ema.copy_to(ema_agent.parameters())
-        return {"agent": agent.state_dict(), "ema_agent": ema_agent.state_dict()}
-
     eval_envs = offline_eval_envs(args, args.obs_horizon, state_dim, act_dim, run, env_kwargs, obs_mode="rgbd")
-
-    def evaluate() -> dict:
-        ema.copy_to(ema_agent.parameters())
-        ema_agent.eval()
-
-        def act(obs):
-            return ema_agent.get_action({k: torch.as_tensor(v, device=device) for k, v in obs.items()}).cpu().numpy()
-        return run_episodes(args.num_eval_episodes, act, eval_envs)
-
-    # ---------------------------------------------------------------------------------------- #
-    # ALGO LOGIC: denoising loss on random windows (images shifted by --random-shift)
-    # ---------------------------------------------------------------------------------------- #
-    timer = StepTimer()
-    agent.train()
-    progress = tqdm(range(1, args.total_iters + 1), desc="Diffusion Policy (RGB-D)", dynamic_ncols=True)
-    for it, idx in zip(progress, random_batches(len(data), args.batch_size, device)):
-        obs_seq, act_seq = data.batch(idx)  # obs_seq: {rgb, depth, state} of (B, obs_horizon, ...)
-        loss = agent.compute_loss(obs_seq, act_seq)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(agent.parameters())
-        timer.lap("update")
-
-        if it % args.log_freq == 0:
-            loss_value = loss.item()
-            progress.set_postfix(loss=f"{loss_value:.4f}")
-            run.log({"losses/total_loss": loss_value, "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                     "time/wall_seconds": time.time() - run.start_time, **timer.scalars()}, it)
-        if eval_envs is not None and it % args.eval_freq == 0:
-            if run.record_eval(evaluate(), it):
-                run.save(checkpoint(), "best")
-            timer.lap("eval")
-        if args.save_freq and it % args.save_freq == 0:
-            run.save(checkpoint(), str(it))
-    if eval_envs is None:
-        run.save(checkpoint(), "best")
-    else:
-        eval_envs.close()
-    run.close()
-    return run
-
+    # ALGO LOGIC: the denoising loss on random windows, images shifted by --random-shift in compute_loss
+    return fit(args, agent, ema_agent, data, run, eval_envs, device, desc="Diffusion Policy (RGB-D)")
 
 if __name__ == "__main__":
     with user_errors():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import tyro
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
-from pi_dec.base_policies import frozen_base_actions
+from pi_dec.base_policies import BeTPolicy
 from pi_dec.policy_decorator import ONLINE_RULES, OnlineArgs, load_frozen_base, train, validate
 from pi_dec.run import user_errors
 
@@ -47,11 +47,9 @@ RULES = ONLINE_RULES  # what each numeric flag allows (this script adds none)
 
 def main(args: Args):
     validate(args, RULES)
-    base, cfg, device = load_frozen_base(args, "bet")
-    # base_act: (N, context_window, obs_dim) -> (N, 1, act_dim); NOTE(original): dropout stays on
-    base_act, obs_horizon, act_horizon = frozen_base_actions(base, "bet", cfg)
-    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=act_horizon, obs_horizon=obs_horizon,
-                 device=device)
+    # The frozen base reads context_window observations and outputs one action; NOTE(original): dropout stays on
+    base = load_frozen_base(args, expect=BeTPolicy)
+    return train(args, base, ALGO_NAME, __file__)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import tyro
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
-from pi_dec.base_policies import frozen_base_actions
+from pi_dec.base_policies import SAMPLING_RULES, DiffusionPolicy, DiffusionSampling
 from pi_dec.policy_decorator import ONLINE_RULES, OnlineArgs, load_frozen_base, train, validate
-from pi_dec.run import COUNT, between, user_errors
+from pi_dec.run import user_errors
 
 ALGO_NAME = "PolicyDecorator-DiffusionPolicy"
 
 
 @dataclass
-class Args(OnlineArgs):
+class Args(DiffusionSampling, OnlineArgs):  # the sampler flags: --ddim-steps, --ddpm-steps, --act-horizon
     env_id: str = "PegInsertionSide-v2"
     """the task"""
     base_policy_ckpt: str = "checkpoints/diffusion_PegInsertionSide/checkpoints/best.pt"
@@ -40,28 +40,17 @@ class Args(OnlineArgs):
     """how far the residual may move the base action (alpha in the paper; tune per task)"""
     prog_explore: int = 100_000
     """steps until the residual is used in every env (H in the paper; tune per task)"""
-    ddim_steps: int = 4
-    """DDIM denoising steps of the base policy (it was trained with 100 DDPM steps)"""
-    ddpm_steps: int | None = None
-    """sample the base with stochastic DDPM in this many steps instead of DDIM (not in the original; README)"""
-    act_horizon: int = 4
-    """actions executed per decision (overrides the base policy's)"""
 
 
-# What each numeric flag allows (--act-horizon is also checked against the base policy's horizons).
-STEPS = between(1, 100)  # the base was trained with 100 DDPM steps
-RULES = ONLINE_RULES | {"ddim_steps": STEPS, "ddpm_steps": STEPS, "act_horizon": COUNT}
+RULES = ONLINE_RULES | SAMPLING_RULES  # what each numeric flag allows
 
 
 def main(args: Args):
     validate(args, RULES)
-    # The frozen base: rebuilt from its args.json, sampled with DDIM, executing act_horizon actions.
-    base, cfg, device = load_frozen_base(args, "diffusion", overrides={"act_horizon": args.act_horizon})
-    # base_act: (N, obs_horizon, obs_dim) -> (N, act_horizon, act_dim), one DDIM sample per decision
-    base_act, obs_horizon, act_horizon = frozen_base_actions(base, "diffusion", cfg, args.ddim_steps,
-                                                                 args.ddpm_steps)
-    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=act_horizon, obs_horizon=obs_horizon,
-                 device=device)
+    # The frozen base: rebuilt from its args.json, sampled with DDIM (--ddim-steps), executing --act-horizon
+    # actions per decision (pi_dec/base_policies.py)
+    base = load_frozen_base(args, expect=DiffusionPolicy)
+    return train(args, base, ALGO_NAME, __file__)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,15 @@ from dataclasses import dataclass
 import tyro
 
 import pi_dec  # noqa: F401  (Vulkan set-up before ManiSkill2)
-from pi_dec.base_policies import frozen_base_actions
-from pi_dec.policy_decorator import load_frozen_base, train, validate
+from pi_dec.base_policies import SAMPLING_RULES, DiffusionPolicyRGBD, DiffusionSampling
+from pi_dec.policy_decorator import ONLINE_RULES, OnlineArgs, load_frozen_base, train, validate
 from pi_dec.run import user_errors
-from pi_dec_diffusion_maniskill2 import RULES  # the state script beside this one
-from pi_dec_diffusion_maniskill2 import Args as StateArgs
 
 ALGO_NAME = "PolicyDecorator-DiffusionPolicy-rgbd"
 
 
 @dataclass
-class Args(StateArgs):
+class Args(DiffusionSampling, OnlineArgs):  # the sampler flags: --ddim-steps, --ddpm-steps, --act-horizon
     env_id: str = "TurnFaucet-v2"
     """the task"""
     base_policy_ckpt: str = "checkpoints/diffusion_rgbd_TurnFaucet/checkpoints/best.pt"
@@ -42,14 +40,14 @@ class Args(StateArgs):
     """steps until the residual is used in every env (H in the paper; tune per task)"""
 
 
+RULES = ONLINE_RULES | SAMPLING_RULES  # what each numeric flag allows
+
+
 def main(args: Args):
     validate(args, RULES)
-    base, cfg, device = load_frozen_base(args, "diffusion_rgbd", overrides={"act_horizon": args.act_horizon})
-    # base_act: RGB-D window -> (chunk (N, act_horizon, act_dim), latest frame's embedding (N, D))
-    base_act, obs_horizon, act_horizon = frozen_base_actions(base, "diffusion_rgbd", cfg, args.ddim_steps,
-                                                             args.ddpm_steps)
-    return train(args, ALGO_NAME, __file__, base_act, cfg, act_horizon=act_horizon, obs_horizon=obs_horizon,
-                 device=device, obs_mode="rgbd", obs_dim=base.obs_embedding_dim)
+    # The frozen base: RGB-D window -> (chunk (N, act_horizon, act_dim), latest frame's embedding (N, D))
+    base = load_frozen_base(args, expect=DiffusionPolicyRGBD)
+    return train(args, base, ALGO_NAME, __file__)
 
 
 if __name__ == "__main__":

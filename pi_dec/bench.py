@@ -58,29 +58,41 @@ def env_throughput(env_id: str, num_envs: int, steps: int, obs_mode: str = "stat
     return steps * num_envs / elapsed
 
 
-def make_base_checkpoint(kind: str, folder: Path, obs_dim: int, act_dim: int, control_mode: str) -> Path:
-    """A randomly initialised base policy in the official layout (speed does not depend on weights)."""
-    import torch
-
+def random_bases() -> dict:
+    """Our bases, randomly initialised (speed does not depend on weights): name -> (policy of (obs dim, act dim),
+    its run's args.json). The RGB-D one has two cameras; its obs dim is the state vector's."""
     from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, DiffusionPolicyRGBD
 
-    if kind.startswith("diffusion"):
-        cfg = {"obs_horizon": 2, "act_horizon": 4, "pred_horizon": 16, "diffusion_step_embed_dim": 64,
-               "unet_dims": [64, 128, 256], "n_groups": 8, "control_mode": control_mode}
-        if kind == "diffusion_rgbd":  # obs_dim: the state vector's; two cameras
-            policy = DiffusionPolicyRGBD(obs_dim, 6, RGBD_SIZE, act_dim, 2, 4, 16)
-            cfg["image_size"] = list(RGBD_SIZE)
-        else:
-            policy = DiffusionPolicy(obs_dim, act_dim, 2, 4, 16)
-        state = {"agent": policy.state_dict(), "ema_agent": policy.state_dict()}
-    else:
-        cfg = {"context_window": 20, "n_layers": 4, "n_heads": 4, "n_embedding": 128, "n_clusters": 8,
-               "control_mode": control_mode}
-        state = {"agent": BeTPolicy(obs_dim, act_dim).state_dict()}
+    dp_cfg = {"obs_horizon": 2, "act_horizon": 4, "pred_horizon": 16, "diffusion_step_embed_dim": 64,
+              "unet_dims": [64, 128, 256], "n_groups": 8}
+    return {"diffusion": (lambda o, a: DiffusionPolicy(o, a, 2, 4, 16), dp_cfg),
+            "bet": (BeTPolicy, {"context_window": 20, "n_layers": 4, "n_heads": 4, "n_embedding": 128, "n_clusters": 8}),
+            "diffusion_rgbd": (lambda o, a: DiffusionPolicyRGBD(o, 6, RGBD_SIZE, a, 2, 4, 16),
+                               dp_cfg | {"image_size": list(RGBD_SIZE)})}
+
+
+def make_base_checkpoint(kind: str, folder: Path, obs_dim: int, act_dim: int, control_mode: str) -> Path:
+    """A randomly initialised base policy in the official layout."""
+    import torch
+
+    make, cfg = random_bases()[kind]
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (folder / "args.json").write_text(json.dumps(cfg))
-    torch.save(state, folder / "checkpoints" / "best.pt")
+    (folder / "args.json").write_text(json.dumps(cfg | {"control_mode": control_mode}))
+    torch.save({"agent": make(obs_dim, act_dim).state_dict()}, folder / "checkpoints" / "best.pt")
     return folder / "checkpoints" / "best.pt"
+
+
+def env_dims(env_id: str, control_mode: str, obs_mode: str) -> tuple[int, int]:
+    """Observation (with obs_mode "rgbd": state vector) and action dims of a task, from one env's spaces."""
+    from pi_dec.make_env import make_vec_env
+    from pi_dec.rgbd import camera_kwargs
+
+    kwargs = camera_kwargs(RGBD_SIZE) if obs_mode == "rgbd" else {}
+    envs = make_vec_env(env_id, 1, 0, control_mode, 1, env_kwargs=kwargs, asynchronous=False, obs_mode=obs_mode)
+    space = envs.single_observation_space
+    dims = (space["state"] if obs_mode == "rgbd" else space).shape[-1], envs.single_action_space.shape[0]
+    envs.close()
+    return dims
 
 
 def tree_memory_mb(pid: int) -> tuple[float, float]:
@@ -104,19 +116,14 @@ def online_loop(kind: str, env_id: str, num_envs: int, total: int, threads: int,
     """Run the online script on a random base for `total` steps; read its time/ tags; watch memory."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pi_dec.policy_decorator import probe_dims
-    from pi_dec.rgbd import camera_kwargs
+    from pi_dec.base_policies import BASES
     from pi_dec.suites import suite_for
 
     tmp = Path(tempfile.mkdtemp(prefix="pi_dec_bench_"))
     control_mode = suite_for(env_id).control_mode(None)
-    if kind == "diffusion_rgbd":
-        obs_dim, act_dim = probe_dims(env_id, control_mode, camera_kwargs(RGBD_SIZE), "rgbd")
-    else:
-        obs_dim, act_dim = probe_dims(env_id, control_mode, {})
+    obs_dim, act_dim = env_dims(env_id, control_mode, BASES[kind].obs_mode)
     ckpt = make_base_checkpoint(kind, tmp / "base", obs_dim, act_dim, control_mode)
-    script = {"diffusion": "online/pi_dec_diffusion_maniskill2.py", "bet": "online/pi_dec_bet_maniskill2.py",
-              "diffusion_rgbd": "online/pi_dec_diffusion_maniskill2_rgbd.py"}[kind]
+    script = BASES[kind].online_script
     learning_starts = total // 4
     cmd = [sys.executable, str(ROOT / script), "--env-id", env_id, "--base-policy-ckpt", str(ckpt),
            "--num-envs", str(num_envs), "--training-freq", str(max(64, num_envs)), "--total-timesteps", str(total),
@@ -164,47 +171,66 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
-    """Train on synthetic demos (PegInsertionSide dims) in this process; iterations/s and peak memory."""
+def load_offline_script(path: str):
+    """An offline script as a module (its WindowDataset and helpers)."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(path).stem}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def dp_setup(device: str, rng, rgbd: bool = False):
+    """Diffusion Policy training as the offline script sets it up: (dataset, policy, optimizer, loss of a batch).
+    Synthetic demos: 100 of 150 steps of PegInsertionSide's dims or, with `rgbd`, 20 with two 64x64 cameras
+    (uint8 rgb, half-precision depth)."""
     import torch
 
-    from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, DiffusionPolicyRGBD
-    from pi_dec.demo_data import random_batches
-    from pi_dec.run import setup_torch
+    from pi_dec.base_policies import DiffusionPolicy, DiffusionPolicyRGBD
+    from pi_dec.diffusion_training import WindowDataset
 
-    device = setup_torch(0, True, threads, deterministic=False).type  # CUDA when present, as the scripts
-    rng = np.random.default_rng(0)
-    if kind == "diffusion_rgbd":  # 20 demos of 150 steps, two 64x64 cameras (uint8 rgb, half-precision depth)
+    if rgbd:
         trajs = [{"obs": {"rgb": rng.integers(0, 256, (151, 6, *RGBD_SIZE), dtype=np.uint8),
                           "depth": rng.uniform(0, 2, (151, 2, *RGBD_SIZE)).astype(np.float16),
                           "state": rng.standard_normal((151, 7)).astype(np.float32)},
                   "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(20)]
+        policy = DiffusionPolicyRGBD(7, 6, RGBD_SIZE, 7, 2, 4, 16, random_shift=2).to(device)
     else:
         trajs = [{"obs": rng.standard_normal((151, 50)).astype(np.float32),
                   "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(100)]
-    script = ROOT / ("offline/bet_maniskill2.py" if kind == "bet" else "offline/diffusion_policy_unet_maniskill2.py")
-    spec = importlib.util.spec_from_file_location(f"bench_{kind}", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    if kind.startswith("diffusion"):
-        data = module.WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", device)
-        policy = (DiffusionPolicyRGBD(7, 6, RGBD_SIZE, 7, 2, 4, 16, random_shift=2) if kind == "diffusion_rgbd"
-                  else DiffusionPolicy(50, 7, 2, 4, 16)).to(device)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+        policy = DiffusionPolicy(50, 7, 2, 4, 16).to(device)
+    data = WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+    return data, policy, optimizer, policy.compute_loss
 
-        def loss_of(o, a):
-            return policy.compute_loss(o, a)
-    else:
-        data = module.WindowDataset(trajs, 20, device)
-        policy = BeTPolicy(50, 7).to(device)
-        policy.net.fit_clusters(data.act)
-        optimizer = module.make_optimizer(policy, 1e-4, 2e-4)
 
-        def loss_of(o, a):
-            return policy.compute_loss(o, a)[0]
+def bet_setup(device: str, rng):
+    """BeT training as its offline script sets it up, on 100 synthetic demos of PegInsertionSide's dims."""
+    from pi_dec.base_policies import BeTPolicy
+
+    trajs = [{"obs": rng.standard_normal((151, 50)).astype(np.float32),
+              "actions": rng.uniform(-1, 1, (150, 7)).astype(np.float32)} for _ in range(100)]
+    module = load_offline_script(BeTPolicy.offline_script)
+    data = module.WindowDataset(trajs, 20, device)
+    policy = BeTPolicy(50, 7).to(device)
+    policy.net.fit_clusters(data.act)
+    return data, policy, module.make_optimizer(policy, 1e-4, 2e-4), lambda o, a: policy.compute_loss(o, a)[0]
+
+
+OFFLINE_SETUPS = {"diffusion": dp_setup, "bet": bet_setup, "diffusion_rgbd": lambda d, r: dp_setup(d, r, rgbd=True)}
+
+
+def offline_child(kind: str, batch_size: int, iters: int, threads: int) -> dict:
+    """Train on synthetic demos in this process; iterations/s and peak memory."""
+    import torch
+
+    from pi_dec.demo_data import random_batches
+    from pi_dec.run import setup_torch
+
+    device = setup_torch(0, True, threads, deterministic=False).type  # CUDA when present, as the scripts
+    data, policy, optimizer, loss_of = OFFLINE_SETUPS[kind](device, np.random.default_rng(0))
     batches = random_batches(len(data), batch_size, device)
     warmup = 3
     for i in range(iters + warmup):

@@ -12,12 +12,10 @@ import h5py
 import numpy as np
 import torch
 
+from pi_dec.errors import DemoFileError  # noqa: F401  (re-exported)
+
 GENERATE_HINT = ("Generate demonstrations with `python -m pi_dec.demos --env-id <task> --out <folder>` "
                  "(see README), or put the official files at this path.")
-
-
-class DemoFileError(ValueError):
-    """A demonstration file is missing or malformed."""
 
 
 def _episodes(json_path: Path, h5_path: Path) -> tuple[dict, list]:

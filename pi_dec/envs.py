@@ -49,16 +49,14 @@ from mani_skill2.utils.geometry import angle_distance
 from mani_skill2.utils.registration import REGISTERED_ENVS, register_env
 from mani_skill2.utils.sapien_utils import vectorize_pose
 
+from pi_dec.errors import MissingAssetError  # noqa: F401  (re-exported)
+
 # The base policies were trained on the other models; online interaction uses these held-out ones.
 FAUCET_TRAIN_IDS = ("5002", "5021", "5023", "5028", "5029", "5045", "5047", "5051", "5056", "5063")
 FAUCET_ONLINE_IDS = ("5014", "5037", "5053", "5062")
 CHAIR_TRAIN_IDS = ("3022", "3027", "3030", "3070", "3076")
 CHAIR_ONLINE_IDS = ("3003", "3013", "3020")
 DEFAULT_ASSET_ROOT = "{ASSET_DIR}/partnet_mobility/dataset"
-
-
-class MissingAssetError(FileNotFoundError):
-    """A PartNet-Mobility model the env needs is not on disk, or its model json is missing or unreadable."""
 
 
 class PartNetMobilityModels:

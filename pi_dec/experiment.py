@@ -18,10 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {
-    "diffusion": ("offline/diffusion_policy_unet_maniskill2.py", "online/pi_dec_diffusion_maniskill2.py"),
-    "bet": ("offline/bet_maniskill2.py", "online/pi_dec_bet_maniskill2.py"),
-}
+
+
+def scripts(base: str) -> tuple[str, str]:
+    """(offline, online) script of one of our bases, by its name in the results ("diffusion", "bet")."""
+    from pi_dec.base_policies import BASES
+
+    return BASES[base].offline_script, BASES[base].online_script
 
 
 @dataclass
@@ -111,9 +114,14 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     executed = [[] for _ in range(num_envs)]  # this episode's actions, per env
     progress = tqdm(total=len(seeds), desc=desc, unit="episode", dynamic_ncols=True)
     obs, _ = envs.reset()
+    reset = getattr(act, "reset", None)  # a base's own per-episode state (pi_dec/frozen_base.py)
+    if reset:
+        reset(np.ones(num_envs, dtype=bool))
     while sum(episodes_done) < len(seeds):
         chunk = act(obs)
         obs, _, terminated, truncated, infos = envs.step(chunk)
+        if reset and (terminated | truncated).any():
+            reset(terminated | truncated)
         for i in range(num_envs):
             if episodes_done[i] == len(queues[i]):
                 continue  # its seeds are done; it plays unseeded episodes nobody counts
@@ -132,35 +140,21 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     return out
 
 
-def load_frozen(base_ckpt: Path, kind: str, env_id: str, control_mode: str, act_horizon: int | None):
-    """The frozen base as the online scripts load it: (policy, its config, obs dim, act dim); `act_horizon`
-    overrides a Diffusion Policy's (the online script's --act-horizon)."""
-    from pi_dec.base_policies import load_base_policy
-    from pi_dec.policy_decorator import probe_dims
-
-    obs_dim, act_dim = probe_dims(env_id, control_mode, {})
-    overrides = {"act_horizon": act_horizon} if kind == "diffusion" and act_horizon else None
-    base, cfg = load_base_policy(base_ckpt, kind, obs_dim, act_dim, overrides)
-    return base, cfg, obs_dim, act_dim
-
-
-def evaluate_base(base_ckpt: Path, kind: str, env_id: str, control_mode: str, seeds: list[int],
+def evaluate_base(base_ckpt: Path, env_id: str, control_mode: str, seeds: list[int],
                   samplers: list[tuple[str, int]], act_horizon: int | None = 4, num_envs: int = 10) -> dict:
     """The base alone, with no interaction, under each sampler ("ddpm", 20) or ("ddim", 4) (Diffusion Policy;
-    BeT has none: pass [("bet", 0)]): {"ddpm20": evaluate_on_seeds(...), ...}."""
+    a base with no sampler ignores them: pass [("bet", 0)]): {"ddpm20": evaluate_on_seeds(...), ...}."""
     import torch
 
-    from pi_dec.base_policies import frozen_base_actions
+    from pi_dec.base_policies import load_base
     from pi_dec.policy_decorator import decorated_policy
 
-    base, cfg, _, _ = load_frozen(base_ckpt, kind, env_id, control_mode, act_horizon)
     out = {}
     for sampler, steps in samplers:
-        name = f"{sampler}{steps}" if kind == "diffusion" else kind
-        base_act, obs_horizon, _ = frozen_base_actions(base, kind, cfg, ddim_steps=steps,
-                                                       ddpm_steps=steps if sampler == "ddpm" else None)
+        name = f"{sampler}{steps}" if steps else sampler
+        base = load_base(base_ckpt, {"act_horizon": act_horizon, f"{sampler}_steps": steps})
         torch.manual_seed(0)
-        out[name] = evaluate_on_seeds(env_id, control_mode, obs_horizon, decorated_policy(base_act, None, 0, "obs"),
+        out[name] = evaluate_on_seeds(env_id, control_mode, base.obs_horizon, decorated_policy(base, None, 0, "obs"),
                                       seeds, num_envs=num_envs, desc=f"base alone, {name}")
     return out
 
@@ -197,24 +191,22 @@ def sampler_flags(args: list[str]) -> dict:
             if flag_value(args, name) is not None}
 
 
-def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, seeds: list[int],
+def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[int],
                   video_root: Path | None, base_sampling: dict | None = None) -> dict:
     """Base alone and the trained policy on the same seeds: base + residual (deterministic) for Policy
     Decorator, the actor alone for a baseline that learns without the base (RLPD)."""
     import torch
 
-    from pi_dec.base_policies import frozen_base_actions
+    from pi_dec.base_policies import load_base
     from pi_dec.nets.sac import ResidualActor
     from pi_dec.policy_decorator import decorated_policy
 
     online_args = json.loads((online_run / "args.json").read_text())
     rlpd = online_args["algo_name"] == "RLPD"
     control_mode = online_args["control_mode"] if rlpd else online_args["base_policy"]["control_mode"]
-    sampling = (base_sampling or {}) if rlpd else online_args  # a baseline has no base: Policy Decorator's flags
-    base, cfg, obs_dim, act_dim = load_frozen(base_ckpt, kind, env_id, control_mode,
-                                              sampling.get("act_horizon", 4 if rlpd else None))
-    base_act, obs_horizon, horizon = frozen_base_actions(base, kind, cfg, sampling.get("ddim_steps", 4),
-                                                         sampling.get("ddpm_steps"))
+    # a baseline has no base: its base is sampled with Policy Decorator's flags
+    base = load_base(base_ckpt, {"act_horizon": 4} | (base_sampling or {}) if rlpd else online_args)
+    obs_dim, act_dim, obs_horizon = base.obs_dim, base.act_dim, base.obs_horizon
     if rlpd:
         from pi_dec.suites import suite_for
 
@@ -225,14 +217,14 @@ def eval_policies(base_ckpt: Path, online_run: Path, kind: str, env_id: str, see
     else:
         final = max((online_run / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem))
         ckpt = torch.load(final, map_location="cpu", weights_only=True)
-        res_dim = horizon * act_dim
-        actor_in = obs_dim + (res_dim if online_args["actor_input"] == "obs_base_action" else 0)
+        res_dim = base.act_horizon * act_dim
+        actor_in = base.res_obs_dim + (res_dim if online_args["actor_input"] == "obs_base_action" else 0)
         actor = ResidualActor(actor_in, res_dim, online_args["log_std_min"], online_args.get("hidden_dim", 256))
         actor.load_state_dict(ckpt["res_actor"])
         actor.eval()
-        refined = decorated_policy(base_act, actor, online_args["res_scale"], online_args["actor_input"])
+        refined = decorated_policy(base, actor, online_args["res_scale"], online_args["actor_input"])
         refined_horizon = obs_horizon
-    policies = (("base", decorated_policy(base_act, None, 0, "obs"), obs_horizon), ("refined", refined, refined_horizon))
+    policies = (("base", decorated_policy(base, None, 0, "obs"), obs_horizon), ("refined", refined, refined_horizon))
     results = {}
     for name, act, window in policies:
         torch.manual_seed(0)
@@ -327,7 +319,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     # the code that runs is the code at the start (the tree may change while a long run goes on)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip() or "unknown"
-    offline_script, online_script = SCRIPTS[kind]
+    offline_script, online_script = scripts(kind)
     online_script = budget.online_script or online_script
     times = {}
     control_mode = budget.control_mode
@@ -362,10 +354,10 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     online_run = newest_run(online_out)
     print(f"\n=== 4/4 evaluating base and refined policy on the same {len(eval_seeds)} seeds", flush=True)
     t0 = time.time()
-    results = eval_policies(base_ckpt, online_run, kind, env_id, eval_seeds, out / "videos" if video else None,
+    results = eval_policies(base_ckpt, online_run, env_id, eval_seeds, out / "videos" if video else None,
                             sampler_flags(budget.base_online_args))
     online_args = json.loads((online_run / "args.json").read_text())
-    base_alone = evaluate_base(base_ckpt, kind, env_id, control_mode, eval_seeds, budget.base_samplers,
+    base_alone = evaluate_base(base_ckpt, env_id, control_mode, eval_seeds, budget.base_samplers,
                                online_args.get("act_horizon", 4)) if budget.base_samplers else {}
     times["eval"] = time.time() - t0
     summary = {

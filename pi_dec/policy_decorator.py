@@ -1,15 +1,16 @@
 """Policy Decorator, online: a frozen base policy refined by a residual policy learned with SAC.
 
-Both online scripts (`online/pi_dec_diffusion_maniskill2.py`, `online/pi_dec_bet_maniskill2.py`) run
-`train()` below; they differ only in how the base policy is built and in their defaults. The whole
-method is in this file, top to bottom:
+The online scripts (`online/pi_dec_*.py`) run `train()` below; they differ only in their defaults and in
+which of our bases they expect. The base is a `FrozenBase` (pi_dec/frozen_base.py): the loop reads its
+horizons and dims and calls `base.act`, never asking which policy it wraps (`--base-policy` names your
+own). The whole method is in this file, top to bottom:
 
     action      = base(obs) + res_scale * residual(obs)           (the decorated policy, `combine`)
     P(residual) = min(global_step / prog_explore, 1) per env        (progressive exploration)
     reward      = sparse success reward - 1                         (as in the original)
     critic sees = residual | base + res_scale * residual | [residual, base]   (--critic-input)
 
-One "decision" executes a chunk of `act_horizon` actions (Diffusion Policy: 4; BeT: 1).
+One "decision" executes a chunk of the base's `act_horizon` actions (Diffusion Policy: 4; BeT: 1).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,12 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pi_dec.frozen_base import FrozenBase, check_base, import_factory
 from pi_dec.make_env import asset_kwargs, check_env, finished_episodes, make_vec_env
-from pi_dec.rgbd import RGBDObsWrapper, camera_kwargs
+from pi_dec.rgbd import camera_kwargs
 from pi_dec.nets.sac import LOG_STD_MAX, ResidualActor, SoftQNetwork, xavier_init_
 from pi_dec.suites import suite_for
 from pi_dec.run import (COUNT, POSITIVE, RUN_RULES, Run, RunArgs, StepTimer, UsageError, at_least, between,
-                        check_eval_episodes, check_numbers, cli_flag, rng_states, run_episodes, set_rng_states,
+                        check_eval_episodes, check_numbers, cli_flag, obs_tensor, rng_states, run_episodes, set_rng_states,
                         setup_torch)
 
 
@@ -46,6 +48,8 @@ class OnlineArgs(RunArgs):
     """the task"""
     base_policy_ckpt: str = "checkpoints/diffusion_PegInsertionSide/checkpoints/best.pt"
     """base-policy checkpoint (<run>/checkpoints/<tag>.pt, with <run>/args.json)"""
+    base_policy: str | None = None
+    """your own base: a factory `module:attribute` called with --base-policy-ckpt (pi_dec/frozen_base.py)"""
     total_timesteps: int = 4_000_000
     """decisions x envs to collect"""
     buffer_size: int | None = None
@@ -160,37 +164,50 @@ def actor_input(obs_last: torch.Tensor, base_flat: torch.Tensor | None, mode: st
     return obs_last if mode == "obs" else torch.cat([obs_last, base_flat], dim=1)
 
 
-def decorated_policy(base_act, actor: ResidualActor | None, res_scale: float, actor_input_mode: str, device="cpu"):
+def decorated_policy(base, actor: ResidualActor | None, res_scale: float, actor_input_mode: str, device="cpu"):
     """obs window -> executed chunks (N, H, A) as numpy: the base alone (actor None), or base plus res_scale
-    times the actor's deterministic residual (tanh of its mean). Used by every evaluation."""
+    times the actor's deterministic residual (tanh of its mean). Used by every evaluation; `act.reset` is the
+    base's (pi_dec.run.run_episodes calls it at episode ends)."""
 
     @torch.no_grad()
     def act(obs):
-        base_seq, obs_last = base_act(obs_tensor(obs, device))
+        base_seq, obs_last = base.act(obs_tensor(obs, device))
         if actor is None:
             return base_seq.cpu().numpy()
         res = actor.get_eval_action(actor_input(obs_last, base_seq.flatten(1), actor_input_mode))
         return combine(base_seq, res, res_scale).cpu().numpy()
+    act.reset = base.reset
     return act
 
 
-def obs_tensor(obs, device):
-    """State windows (N, T, obs_dim) as float32; RGB-D windows as a dict of tensors (images stay uint8)."""
-    if isinstance(obs, dict):
-        return {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
-    return torch.as_tensor(obs, dtype=torch.float32, device=device)
+
+@dataclass
+class Learner:
+    """What SAC trains: the residual actor, two critics and their targets, the entropy temperature (`alpha`, in
+    use; `log_alpha`, tuned when --autotune), and their optimizers."""
+
+    actor: ResidualActor
+    qf1: nn.Module
+    qf2: nn.Module
+    qf1_target: nn.Module
+    qf2_target: nn.Module
+    q_optimizer: torch.optim.Optimizer
+    actor_optimizer: torch.optim.Optimizer
+    log_alpha: torch.Tensor
+    alpha_optimizer: torch.optim.Optimizer
+    alpha: torch.Tensor
 
 
-
-def sac_update(args: OnlineArgs, updates: int, batch: tuple, res_dim: int, keep_base: bool, actor: ResidualActor,
-               critics: tuple, targets: tuple, q_optimizer, actor_optimizer, log_alpha: torch.Tensor,
-               alpha_optimizer, alpha: torch.Tensor, losses: dict) -> tuple[torch.Tensor, dict]:
+def sac_update(args: OnlineArgs, learner: Learner, batch: tuple, updates: int, res_dim: int, keep_base: bool,
+               losses: dict) -> dict:
     """Update number `updates` on one sampled batch: the critics; every policy_frequency updates the actor
     (and the temperature, if autotuned); every target_network_frequency updates the target critics.
 
-    Returns the temperature to use next and `losses` updated with this update's values (for logging).
+    Returns `losses` updated with this update's values (for logging); `learner.alpha` is the temperature to use next.
     """
-    (qf1, qf2), (qf1_target, qf2_target) = critics, targets
+    actor, qf1, qf2, qf1_target, qf2_target = (learner.actor, learner.qf1, learner.qf2, learner.qf1_target,
+                                               learner.qf2_target)
+    alpha = learner.alpha
     b_obs, b_next_obs, b_act, b_rew, b_stop = batch
     b_res = b_act[:, :res_dim]
     b_base = b_act[:, res_dim:2 * res_dim] if keep_base else None
@@ -206,11 +223,11 @@ def sac_update(args: OnlineArgs, updates: int, batch: tuple, res_dim: int, keep_
     cur_a = critic_action(b_res, b_base, args.res_scale, args.critic_input)
     qf1_values, qf2_values = qf1(b_obs, cur_a).view(-1), qf2(b_obs, cur_a).view(-1)
     qf1_loss, qf2_loss = F.mse_loss(qf1_values, target_q), F.mse_loss(qf2_values, target_q)
-    q_optimizer.zero_grad()
+    learner.q_optimizer.zero_grad()
     (qf1_loss + qf2_loss).backward()
     qf1_grad = nn.utils.clip_grad_norm_(qf1.parameters(), args.max_grad_norm)
     qf2_grad = nn.utils.clip_grad_norm_(qf2.parameters(), args.max_grad_norm)
-    q_optimizer.step()
+    learner.q_optimizer.step()
     losses = losses | {"qf1_values": qf1_values.mean(), "qf2_values": qf2_values.mean(), "qf1_loss": qf1_loss,
                        "qf2_loss": qf2_loss, "qf_loss": (qf1_loss + qf2_loss) / 2, "qf1_grad_norm": qf1_grad,
                        "qf2_grad_norm": qf2_grad}
@@ -222,21 +239,21 @@ def sac_update(args: OnlineArgs, updates: int, batch: tuple, res_dim: int, keep_
         pi_a = critic_action(pi, b_base, args.res_scale, args.critic_input)
         with frozen(qf1, qf2):  # the critics' weight gradients would be discarded: skip them
             actor_loss = (alpha * log_pi - torch.min(qf1(b_obs, pi_a), qf2(b_obs, pi_a))).mean()
-            actor_optimizer.zero_grad()
+            learner.actor_optimizer.zero_grad()
             actor_loss.backward()
         losses["actor_grad_norm"] = nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
-        actor_optimizer.step()
+        learner.actor_optimizer.step()
         losses["actor_loss"] = actor_loss
         if args.autotune:
             with torch.no_grad():
                 _, log_pi, _ = actor.get_action(a_in)
             target_entropy = -float(res_dim)
             # NOTE(original): the loss uses log_alpha, not alpha (as in softlearning).
-            alpha_loss = (-log_alpha * (log_pi + target_entropy)).mean()
-            alpha_optimizer.zero_grad()
+            alpha_loss = (-learner.log_alpha * (log_pi + target_entropy)).mean()
+            learner.alpha_optimizer.zero_grad()
             alpha_loss.backward()
-            alpha_optimizer.step()
-            alpha = log_alpha.exp().detach()
+            learner.alpha_optimizer.step()
+            alpha = learner.alpha = learner.log_alpha.exp().detach()
             losses["sac_alpha_loss"] = alpha_loss
 
     # ALGO LOGIC: Polyak averaging of the target critics
@@ -245,7 +262,7 @@ def sac_update(args: OnlineArgs, updates: int, batch: tuple, res_dim: int, keep_
             for net, target in ((qf1, qf1_target), (qf2, qf2_target)):
                 for p, tp in zip(net.parameters(), target.parameters()):
                     tp.mul_(1 - args.tau).add_(args.tau * p)
-    return alpha, losses | {"sac_alpha": alpha}
+    return losses | {"sac_alpha": alpha}
 
 
 class ReplayBuffer:
@@ -380,31 +397,30 @@ def crossed(step: int, span: int, every: int | None) -> bool:
     return bool(every) and (step - span) // every < step // every
 
 
-def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable, base_cfg: dict, act_horizon: int,
-          obs_horizon: int, device: torch.device, obs_mode: str = "state", obs_dim: int | None = None) -> Run:
-    """Run Policy Decorator around `base_act`: obs window -> (chunk (N, act_horizon, act_dim), what the residual
-    policy sees (N, obs_dim)) (pi_dec.base_policies.frozen_base_actions).
-
-    `base_cfg` is the base policy's run config (its args.json); it gives the control mode (and, with
-    obs_mode "rgbd", the camera size). `obs_dim` defaults to the env's state observation size.
-    """
-    buffer_size = min(args.buffer_size or args.total_timesteps, args.total_timesteps)
+def train(args: OnlineArgs, base: FrozenBase, algo_name: str, script: str) -> Run:
+    """Run Policy Decorator around the frozen `base` (pi_dec/frozen_base.py; `load_frozen_base`): envs built for
+    what it was trained with, networks sized by its dims and the envs' action space, then the loop."""
+    device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
+    base = base.to(device)
+    suite = suite_for(args.env_id)
+    control_mode = suite.control_mode(base.control_mode)
     env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id)
-    if obs_mode == "rgbd":
-        env_kwargs |= camera_kwargs(base_cfg["image_size"])
-    control_mode = base_cfg["control_mode"]
+    if base.obs_mode == "rgbd":
+        env_kwargs |= camera_kwargs(base.image_size)
+    obs_horizon, act_horizon = base.obs_horizon, base.act_horizon
+    buffer_size = min(args.buffer_size or args.total_timesteps, args.total_timesteps)
     resume = read_resume(args) if args.resume else None
-    run = Run(args, algo_name, script, path=Path(args.resume).parent.parent if resume else None,
-              extra={"base_policy": base_cfg, "act_horizon_executed": act_horizon})
-
     envs = make_vec_env(args.env_id, args.num_envs, args.seed, control_mode, obs_horizon,
-                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv, obs_mode=obs_mode)
+                        env_kwargs=env_kwargs, asynchronous=not args.sync_venv, obs_mode=base.obs_mode)
+    check_fits(base, envs, args.env_id, control_mode)
+    run = Run(args, algo_name, script, path=Path(args.resume).parent.parent if resume else None,
+              extra={"base_policy": base.config | {"control_mode": control_mode}, "act_horizon_executed": act_horizon})
     n_eval = min(args.num_eval_envs, args.num_eval_episodes)
     eval_envs = make_vec_env(args.env_id, n_eval, args.seed + 1000, control_mode, obs_horizon,
                              video_dir=str(run.path / "videos") if args.capture_video else None,
-                             env_kwargs=env_kwargs, asynchronous=not args.sync_venv, obs_mode=obs_mode)
+                             env_kwargs=env_kwargs, asynchronous=not args.sync_venv, obs_mode=base.obs_mode)
     eval_envs.reset(seed=args.seed + 1000)  # seeded once; evaluations continue from here
-    obs_dim, act_dim = obs_dim or envs.single_observation_space.shape[-1], envs.single_action_space.shape[0]
+    obs_dim, act_dim = base.res_obs_dim, base.act_dim  # what the residual sees; one action
     res_dim = act_horizon * act_dim  # the residual covers the whole chunk
 
     # ALGO LOGIC: networks
@@ -475,14 +491,18 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable, bas
 
     def evaluate() -> dict:
         actor.eval()
-        act = decorated_policy(base_act, actor, args.res_scale, args.actor_input, device)
+        act = decorated_policy(base, actor, args.res_scale, args.actor_input, device)
         result = run_episodes(args.num_eval_episodes, act, eval_envs)
         actor.train()
         return result
 
+    learner = Learner(actor, qf1, qf2, qf1_target, qf2_target, q_optimizer, actor_optimizer, log_alpha,
+                      alpha_optimizer, alpha)
+
     # --------------------------------------------------------------------------------------------- #
     obs, _ = envs.reset(seed=args.seed + global_step)  # (N, obs_horizon, obs_dim) or RGB-D windows
-    base_seq, obs_last = base_act(obs_tensor(obs, device))  # (N, act_horizon, act_dim), (N, obs_dim)
+    base.reset(np.ones(args.num_envs, dtype=bool))
+    base_seq, obs_last = base.act(obs_tensor(obs, device))  # (N, act_horizon, act_dim), (N, res_obs_dim)
     updates_per_round = int(args.training_freq * args.utd)
     # Collection and updates take turns: while the MLPs train, the env workers sit idle, so the updates
     # may use every core; collection keeps --num-threads (the workers need the other cores then).
@@ -517,17 +537,19 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable, bas
 
             # ALGO LOGIC: bootstrap handling at episode ends
             stop, need_final = bootstrap_masks(terminated, truncated, args.bootstrap_at_done)
+            if (terminated | truncated).any():
+                base.reset(terminated | truncated)
             # The next decision's base call doubles as the next state's in the buffer (its base action and
             # what the residual sees); only envs whose transition ends in a final observation (the one
             # before the automatic reset) need their own call on it.
-            next_base_seq, next_last = base_act(obs_tensor(next_obs, device))
+            next_base_seq, next_last = base.act(obs_tensor(next_obs, device))
             real_next_last, base_next_flat = next_last, next_base_seq.flatten(1)
             if need_final.any():  # (copies: next_last and next_base_seq serve the next decision unchanged)
                 finals = np.flatnonzero(need_final)
                 final_obs = [infos["final_observation"][i] for i in finals]
                 final_obs = ({k: np.stack([o[k] for o in final_obs]) for k in final_obs[0]}
                              if isinstance(final_obs[0], dict) else np.stack(final_obs))
-                final_seq, final_last = base_act(obs_tensor(final_obs, device))
+                final_seq, final_last = base.act(obs_tensor(final_obs, device))
                 rows = torch.as_tensor(finals, device=device)
                 real_next_last, base_next_flat = real_next_last.clone(), base_next_flat.clone()
                 real_next_last[rows], base_next_flat[rows] = final_last, final_seq.flatten(1)
@@ -545,9 +567,7 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable, bas
             torch.set_num_threads(update_threads)
             for _ in range(updates_per_round):
                 updates += 1
-                alpha, losses = sac_update(args, updates, rb.sample(args.batch_size), res_dim, keep_base, actor,
-                                           (qf1, qf2), (qf1_target, qf2_target), q_optimizer, actor_optimizer,
-                                           log_alpha, alpha_optimizer, alpha, losses)
+                losses = sac_update(args, learner, rb.sample(args.batch_size), updates, res_dim, keep_base, losses)
             torch.set_num_threads(collect_threads)
             timer.lap("update")
 
@@ -579,38 +599,25 @@ def train(args: OnlineArgs, algo_name: str, script: str, base_act: Callable, bas
     return run
 
 
-def load_frozen_base(args: OnlineArgs, kind: str, overrides: dict | None = None):
-    """Check the env, set up torch, rebuild the frozen base policy from its checkpoint (after `validate`).
-
-    Returns (policy, merged config, device); the config is the checkpoint's args.json with the
-    online script's overrides, and tells control_mode and the horizons.
-    """
-    from pi_dec.base_policies import CheckpointError, load_base_policy, policy_kind, read_checkpoint
-
-    suite = suite_for(args.env_id)
-    env_kwargs = asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id)
-    check_env(args.env_id, env_kwargs)  # missing assets first (before the checkpoint: the README's order)
-    state, run_args = read_checkpoint(args.base_policy_ckpt)
-    control_mode = suite.control_mode(run_args.setdefault("control_mode", suite.default_control_mode))
-    obs_mode = "state"
-    if kind == "diffusion_rgbd" and policy_kind(state) == kind:  # (another kind: load_base_policy says so)
-        if not isinstance(run_args.get("image_size"), list) or len(run_args["image_size"]) != 2:
-            raise CheckpointError(f"{args.base_policy_ckpt}: its run's args.json has no image_size [height, width]: "
-                                  "not a run of offline/diffusion_policy_unet_maniskill2_rgbd.py.")
-        obs_mode, env_kwargs = "rgbd", env_kwargs | camera_kwargs(run_args["image_size"])
-    device = setup_torch(args.seed, args.cuda, args.num_threads, args.torch_deterministic)
-    obs_dim, act_dim = probe_dims(args.env_id, control_mode, env_kwargs, obs_mode)
-    policy, cfg = load_base_policy(args.base_policy_ckpt, kind, obs_dim, act_dim, overrides)
-    return policy.to(device), cfg, device
+def check_fits(base: FrozenBase, envs, env_id: str, control_mode: str) -> None:
+    """The base reads the envs' observations and acts in their action space, or a one-line UsageError."""
+    space = envs.single_observation_space
+    obs_dim = (space["state"] if base.obs_mode == "rgbd" else space).shape[-1]
+    act_dim = envs.single_action_space.shape[0]
+    if (base.obs_dim, base.act_dim) != (obs_dim, act_dim):
+        envs.close()
+        raise UsageError(f"the base policy reads observations of {base.obs_dim} and outputs actions of {base.act_dim}, "
+                         f"but {env_id} with control mode {control_mode} has {obs_dim} and {act_dim}: was it trained "
+                         "on another task or control mode?")
 
 
-def probe_dims(env_id: str, control_mode: str, env_kwargs: dict, obs_mode: str = "state") -> tuple[int, int]:
-    """Observation (with obs_mode "rgbd": state vector) and action dims of a task, from its spaces."""
-    env = suite_for(env_id).make(env_id, control_mode, obs_mode, None, env_kwargs, None)
-    if obs_mode == "rgbd":
-        env = RGBDObsWrapper(env, env_id)
-        dims = env.observation_space["state"].shape[0], env.action_space.shape[0]
-    else:
-        dims = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
-    return dims
+def load_frozen_base(args: OnlineArgs, expect: type) -> FrozenBase:
+    """Check the env, then read the frozen base: the user's factory (--base-policy) called with the checkpoint
+    path, or ours, from the checkpoint's weights and args.json, set up as the script's flags say. `expect` is
+    the class of ours the calling script is for."""
+    from pi_dec.base_policies import load_base
+
+    check_env(args.env_id, asset_kwargs(args.obj_ids, args.asset_root, args.model_json, args.env_id))  # assets first
+    if args.base_policy:
+        return check_base(import_factory(args.base_policy)(args.base_policy_ckpt), f"--base-policy {args.base_policy}")
+    return load_base(args.base_policy_ckpt, dataclasses.asdict(args), expect)

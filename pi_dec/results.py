@@ -131,10 +131,13 @@ BUDGETS[("AdroitHandHammerSparse-v1", "diffusion")] = dataclasses.replace(
     ADROIT_DIFFUSION, offline_args=with_flags(ADROIT_DIFFUSION.offline_args, total_iters=2500),
     online_args=with_flags(ADROIT_DIFFUSION.online_args, eval_freq=20000)
     + ["--actor-input", "obs_base_action", "--utd", "0.5"])
-# Door DP: a base stopped at 3,250 iterations (at 4,000 it reaches 1.00 on validation seeds: results/val/), twice
-# the updates per transition paid for by 32 envs (trials: results/NOTES.md, 8 and 10).
+# Door DP, frozen on validation seeds: trained on 25 or 10 expert demos the base reaches 1.00, so it learns from 5
+# demos whose labels are the executed noisy actions (noise 0.2), until its success stops rising (8,000 iterations:
+# 0.36 with DDPM-6, 0.56 with DDPM-20, the same at 10,000; results/val/, NOTES 10). Twice the updates per
+# transition, paid for by 32 envs (trials: NOTES 8 and 10).
 BUDGETS[("AdroitHandDoorSparse-v1", "diffusion")] = dataclasses.replace(
-    ADROIT_DIFFUSION, offline_args=with_flags(ADROIT_DIFFUSION.offline_args, total_iters=3250),
+    ADROIT_DIFFUSION, num_demos=5, demo_args=["--action-noise", "0.2", "--record-executed", "--max-attempts", "200"],
+    offline_args=with_flags(ADROIT_DIFFUSION.offline_args, total_iters=8000),
     online_args=with_flags(ADROIT_DIFFUSION.online_args, num_envs=32, total_timesteps=120000, eval_freq=20000,
                            save_freq=60000) + ["--utd", "0.5"])
 
@@ -276,7 +279,7 @@ def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int
     """How the base alone improves with training, on validation seeds: train it (the budget's offline flags,
     `num_demos` demos, `total_iters` iterations, a checkpoint every `every`), then evaluate each checkpoint with
     each sampler. Chooses a base budget (iterations, demos, sampler) without looking at the test seeds."""
-    from pi_dec.experiment import SCRIPTS, evaluate_base, newest_run, stage
+    from pi_dec.experiment import evaluate_base, newest_run, scripts, stage
     from pi_dec.run import UsageError
 
     budget = BUDGETS[(task, base)]
@@ -290,7 +293,7 @@ def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int
         ensure_demos(task, dataclasses.replace(budget, num_demos=max(num_demos, budget.num_demos)), data)
         demo = data / "trajectory.h5"
         stage(f"base policy ({base}), {num_demos} demos, {total_iters} iterations", [
-            sys.executable, SCRIPTS[base][0], "--env-id", task, "--demo-path", demo, "--control-mode",
+            sys.executable, scripts(base)[0], "--env-id", task, "--demo-path", demo, "--control-mode",
             budget.control_mode, "--seed", seed, "--output-dir", out, "--exp-name", "base",
             "--num-demo-traj", num_demos, *offline_args])
         offline_run = newest_run(out)
@@ -299,7 +302,7 @@ def base_curve(task: str, base: str, seed: int, num_demos: int, total_iters: int
         raise UsageError(f"{offline_run}: no checkpoints/<iteration>.pt (train with --save-freq).")
     points = []
     for ckpt in ckpts:
-        evals = evaluate_base(ckpt, base, task, budget.control_mode, VAL_SEEDS[:episodes], samplers)
+        evals = evaluate_base(ckpt, task, budget.control_mode, VAL_SEEDS[:episodes], samplers)
         points.append({"iters": int(ckpt.stem)} | {k: float(np.mean(r["success"])) for k, r in evals.items()})
         print(points[-1], flush=True)
     summary = {"task": task, "base": base, "seed": seed, "num_demos": num_demos, "demo_args": budget.demo_args,

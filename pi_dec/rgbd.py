@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from pi_dec.suites import UsageError
+from pi_dec.errors import UsageError
 
 # Which top-level parts of a ManiSkill2 observation make the state vector, by task family.
 # The upstream knows TurnFaucet, StackCube (only `extra`) and PushChair (`agent` and `extra`); the cube and

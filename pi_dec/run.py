@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pi_dec.make_env import finished_episodes
-from pi_dec.suites import UnknownEnvError, UsageError  # noqa: F401  (UsageError: re-export)
+from pi_dec.errors import INPUT_ERRORS, UnknownEnvError, UsageError  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass
@@ -237,6 +237,13 @@ def offline_eval_envs(args, window: int, obs_dim: int, act_dim: int, run: Run, e
     return envs
 
 
+def obs_tensor(obs, device):
+    """State windows (N, T, obs_dim) as float32; RGB-D windows as a dict of tensors (images stay uint8)."""
+    if isinstance(obs, dict):
+        return {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
+    return torch.as_tensor(obs, dtype=torch.float32, device=device)
+
+
 def run_episodes(n: int, act, envs) -> dict[str, list]:
     """Step `envs` with `act(obs)` until `n` episodes have ended; return, length and success of each.
 
@@ -245,8 +252,13 @@ def run_episodes(n: int, act, envs) -> dict[str, list]:
     """
     result = defaultdict(list)
     obs, _ = envs.reset()
+    reset = getattr(act, "reset", None)  # a base's own per-episode state (pi_dec/frozen_base.py)
+    if reset:
+        reset(np.ones(envs.num_envs, dtype=bool))
     while len(result["success"]) < n:
-        obs, _, _, _, infos = envs.step(act(obs))
+        obs, _, terminated, truncated, infos = envs.step(act(obs))
+        if reset and (terminated | truncated).any():
+            reset(terminated | truncated)
         for info in finished_episodes(infos):
             result["return"].append(float(np.ravel(info["episode"]["r"])[0]))
             result["len"].append(int(np.ravel(info["episode"]["l"])[0]))
@@ -278,12 +290,7 @@ class user_errors:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        from pi_dec.base_policies import CheckpointError
-        from pi_dec.demo_data import DemoFileError
-        from pi_dec.envs import MissingAssetError
-
-        if exc_type is not None and issubclass(exc_type, (CheckpointError, DemoFileError, MissingAssetError,
-                                                          UnknownEnvError, UsageError)):
+        if exc_type is not None and issubclass(exc_type, INPUT_ERRORS):
             import sys
 
             print(f"error: {exc}", file=sys.stderr)

@@ -20,17 +20,11 @@ import difflib
 
 import gymnasium as gym
 
+from pi_dec.errors import UnknownEnvError, UsageError  # noqa: F401  (re-exported)
+
 ADROIT_TASKS = ("AdroitHandDoorSparse-v1", "AdroitHandHammerSparse-v1", "AdroitHandPenSparse-v1",
                 "AdroitHandRelocateSparse-v1")
 MAX_EPISODE_STEPS = 200  # every Policy Decorator task, ManiSkill2 and Adroit
-
-
-class UnknownEnvError(ValueError):
-    """An env id that no suite knows."""
-
-
-class UsageError(ValueError):
-    """Flags or inputs that do not fit together (the message says how to fix them)."""
 
 
 class SuccessEndsEpisode(gym.Wrapper):

@@ -79,3 +79,21 @@ def offline_runs(demos, tmp_path_factory):
     dp = next((out / "PegInsertionSide-v2" / "Offline-DiffusionPolicy-UNet").iterdir())
     bet = next((out / "StackCube-v0" / "Offline-BeT").iterdir())
     return {"diffusion": dp, "bet": bet}
+
+
+EXPERT_DIR = ROOT.parent / "shared" / "adroit"  # the DAPG experts (../shared/adroit/README.md)
+
+
+@pytest.fixture(scope="session")
+def door_demos(tmp_path_factory):
+    """Two expert demos of Adroit Door and of Hammer (noisy execution, 4 steps past success), by `python -m
+    pi_dec.demos`: {root}/<env_id>/trajectory.h5."""
+    if not EXPERT_DIR.is_dir():
+        pytest.skip(f"expert policies not found at {EXPERT_DIR}")
+    from pi_dec.demos.cli import Args, main
+
+    root = tmp_path_factory.mktemp("door_demos")
+    for env_id in ("AdroitHandDoorSparse-v1", "AdroitHandHammerSparse-v1"):
+        main(Args(env_id=env_id, num_demos=2, out=str(root / env_id), expert_dir=str(EXPERT_DIR),
+                  action_noise=0.1, extra_steps=4))
+    return root

@@ -3,6 +3,8 @@
 import json
 import math
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -60,11 +62,12 @@ def test_refined_policy_adds_the_scaled_deterministic_residual():
 
     torch.manual_seed(0)
     obs = np.random.default_rng(0).normal(size=(3, 2, 5)).astype(np.float32)  # (N, window, obs_dim)
-    base_act = lambda o: (torch.ones(o.shape[0], 4, 2) * 0.5, o[:, -1])  # noqa: E731  (a fixed chunk: H = 4, A = 2)
+    fixed = SimpleNamespace(act=lambda o: (torch.ones(o.shape[0], 4, 2) * 0.5, o[:, -1]),  # a chunk: H = 4, A = 2
+                            reset=lambda done: None)
     actor = ResidualActor(5 + 8, 8, hidden=16)  # sees the observation and the base chunk
     torch.nn.init.normal_(actor.fc_mean.weight, std=1.0)  # a residual far from 0, some dims saturated
-    base = decorated_policy(base_act, None, 0.1, "obs_base_action")(obs)
-    refined = decorated_policy(base_act, actor, 0.1, "obs_base_action")(obs)
+    base = decorated_policy(fixed, None, 0.1, "obs_base_action")(obs)
+    refined = decorated_policy(fixed, actor, 0.1, "obs_base_action")(obs)
     with torch.no_grad():
         x = torch.cat([torch.as_tensor(obs[:, -1]), torch.full((3, 8), 0.5)], 1)
         expected = 0.1 * torch.tanh(actor.fc_mean(actor.backbone(x))).view(3, 4, 2).numpy()
@@ -129,11 +132,11 @@ def test_every_budget_is_flags_the_scripts_accept(task, base, variant):
     import tyro
 
     from conftest import load_script
-    from pi_dec.experiment import SCRIPTS
+    from pi_dec.experiment import scripts
     from pi_dec.policy_decorator import validate
 
     budget = variant_budget(BUDGETS[(task, base)], variant, base)
-    offline_path, online_path = SCRIPTS[base]
+    offline_path, online_path = scripts(base)
     offline, online = load_script(offline_path), load_script(budget.online_script or online_path)
     common = ["--env-id", task, "--control-mode", budget.control_mode]
     offline.check_args(tyro.cli(offline.Args, args=common + budget.offline_args))

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import ROOT, load_script, run_script
-from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, frozen_base_actions, load_base_policy, read_checkpoint
+from pi_dec.base_policies import BeTPolicy, DiffusionPolicy, load_base, read_checkpoint
 from pi_dec.demo_data import load_demos
 from pi_dec.nets.bet import GPT, BehaviorTransformer, focal_loss, kmeans
-from pi_dec.policy_decorator import probe_dims
+from pi_dec.suites import suite_for
 from pi_dec.run import UsageError
 
 DP = load_script("offline/diffusion_policy_unet_maniskill2.py")
@@ -176,9 +176,12 @@ def test_offline_scripts_write_loadable_checkpoints_in_the_official_layout(offli
     assert any(f.name.startswith("events.out.tfevents") for f in run.iterdir())
     # the online scripts' loader rebuilds the base from it and acts: (N, act_horizon, act_dim) chunks
     env_id, mode = run_args["env_id"], run_args["control_mode"]
-    obs_dim, act_dim = probe_dims(env_id, mode, {})
-    policy, cfg = load_base_policy(run / "checkpoints" / "best.pt", kind, obs_dim, act_dim)
-    act, window, horizon = frozen_base_actions(policy, kind, cfg)
+    env = suite_for(env_id).make(env_id, mode, "state", None, {}, None)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    policy = load_base(run / "checkpoints" / "best.pt")
+    assert (policy.obs_dim, policy.act_dim, policy.control_mode) == (obs_dim, act_dim, mode)  # read off the weights
+    act, window, horizon = policy.act, policy.obs_horizon, policy.act_horizon
     obs_seq = torch.as_tensor(load_demos(run_args["demo_path"])[0]["obs"][:window], dtype=torch.float32)
     actions, seen = act(obs_seq[None].expand(3, -1, -1))
     assert torch.equal(seen, obs_seq[-1].expand(3, -1))  # the residual policy sees the latest observation

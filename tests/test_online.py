@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from pi_dec.base_policies import CheckpointError, load_base_policy
+from pi_dec.base_policies import CheckpointError, load_base
 from pi_dec.nets.sac import ResidualActor, SoftQNetwork
-from pi_dec.policy_decorator import (OnlineArgs, ReplayBuffer, bootstrap_masks, check_resume_shapes, combine,
+from pi_dec.policy_decorator import (Learner, OnlineArgs, ReplayBuffer, bootstrap_masks, check_resume_shapes, combine,
                                      critic_action, crossed, exploration_mask, exploration_prob, frozen,
                                      sac_update, validate)
 from pi_dec.run import UsageError
@@ -131,10 +131,10 @@ def one_update(updates=1, autotune=False, log_pi=0.4, res_dim=2, **flags):
     batch = (torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, res_dim), torch.tensor([-1.0, 0.0]),
              torch.tensor([0.0, 1.0]))
     sgd = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
-    alpha, losses = sac_update(args, updates, batch, res_dim, False, actor, critics, targets,
-                               sgd([c.value for c in critics]), sgd(actor.parameters()), log_alpha, sgd([log_alpha]),
-                               alpha, {})
-    return actor, critics, targets, log_alpha, alpha, losses
+    learner = Learner(actor, *critics, *targets, sgd([c.value for c in critics]), sgd(actor.parameters()), log_alpha,
+                      sgd([log_alpha]), alpha)
+    losses = sac_update(args, learner, batch, updates, res_dim, False, {})
+    return actor, critics, targets, log_alpha, learner.alpha, losses
 
 
 def test_sac_update_matches_a_hand_computation():
@@ -186,10 +186,10 @@ def test_temperature_rises_from_initialisation():
     batch = (torch.randn(64, obs_dim), torch.randn(64, obs_dim), torch.rand(64, res_dim) * 2 - 1,
              -torch.ones(64), torch.zeros(64))
     params = [p for c in critics for p in c.parameters()]
-    alpha, _ = sac_update(args, 1, batch, res_dim, False, actor, critics, targets, torch.optim.Adam(params),
-                          torch.optim.Adam(actor.parameters()), log_alpha, torch.optim.Adam([log_alpha], lr=1e-3),
-                          log_alpha.exp().detach(), {})
-    assert log_alpha.item() > 0 and alpha.item() > 1
+    learner = Learner(actor, *critics, *targets, torch.optim.Adam(params), torch.optim.Adam(actor.parameters()),
+                      log_alpha, torch.optim.Adam([log_alpha], lr=1e-3), log_alpha.exp().detach())
+    sac_update(args, learner, batch, 1, res_dim, False, {})
+    assert log_alpha.item() > 0 and learner.alpha.item() > 1
 
 
 def test_residual_actor_squashes_and_scores_its_samples():
@@ -290,9 +290,10 @@ def test_loading_prefers_ema_weights_and_freezes(tmp_path):
 
     a, b = DiffusionPolicy(50, 7, 2, 8, 16), DiffusionPolicy(50, 7, 2, 8, 16)
     ckpt = write_run(tmp_path, {"agent": a.state_dict(), "ema_agent": b.state_dict()}, DP_ARGS)
-    policy, cfg = load_base_policy(ckpt, "diffusion", obs_dim=50, act_dim=7, overrides={"act_horizon": 4})
+    policy = load_base(ckpt, {"act_horizon": 4})
     assert torch.equal(policy.noise_pred_net.final_conv[1].weight, b.noise_pred_net.final_conv[1].weight)
-    assert policy.act_horizon == 4 and cfg["act_horizon"] == 4  # the online script's override wins
+    assert policy.act_horizon == 4 and policy.config["act_horizon"] == 4  # the online script's override wins
+    assert (policy.obs_dim, policy.act_dim, policy.res_obs_dim) == (50, 7, 50)  # read off the weights
     assert not any(p.requires_grad for p in policy.parameters())
 
 
@@ -300,19 +301,24 @@ def test_checkpoint_errors_are_clear(tmp_path):
     from pi_dec.base_policies import BeTPolicy, DiffusionPolicy
 
     with pytest.raises(CheckpointError, match="not found"):
-        load_base_policy(tmp_path / "nope.pt", "diffusion", 50, 7)
+        load_base(tmp_path / "nope.pt")
     ckpt = write_run(tmp_path / "dp", {"ema_agent": DiffusionPolicy(50, 7, 2, 8, 16).state_dict()}, DP_ARGS)
-    with pytest.raises(CheckpointError, match="is a diffusion checkpoint, but this script expects a bet one"):
-        load_base_policy(ckpt, "bet", 50, 7)
-    with pytest.raises(CheckpointError, match="does not fit this env \\(obs dim 55"):
-        load_base_policy(ckpt, "diffusion", 55, 7)
+    with pytest.raises(CheckpointError, match="is a DiffusionPolicy checkpoint, but this script expects a BeTPolicy one: "
+                                              "use online/pi_dec_diffusion_maniskill2.py"):
+        load_base(ckpt, expect=BeTPolicy)
+    (tmp_path / "dp" / "args.json").write_text(json.dumps(DP_ARGS | {"unet_dims": [32, 64]}))
+    with pytest.raises(CheckpointError, match="does not fit its run's args.json: shape mismatch"):
+        load_base(ckpt)
     (tmp_path / "dp" / "args.json").unlink()
     with pytest.raises(CheckpointError, match="args.json not found"):
-        load_base_policy(ckpt, "diffusion", 50, 7)
+        load_base(ckpt)
+    ckpt = write_run(tmp_path / "other", {"agent": {"w": torch.zeros(3)}}, DP_ARGS)
+    with pytest.raises(CheckpointError, match="neither a Diffusion Policy .* nor a BeT .*--base-policy module:factory"):
+        load_base(ckpt)
     bet_args = {"context_window": 20, "n_layers": 4, "n_heads": 4, "n_embedding": 128, "n_clusters": 8}
     ckpt = write_run(tmp_path / "bet", {"something": BeTPolicy(50, 7).state_dict()}, bet_args)
     with pytest.raises(CheckpointError, match="none of the keys ema_agent, agent, actor, q"):
-        load_base_policy(ckpt, "bet", 50, 7)
+        load_base(ckpt)
 
 
 def cut_in_half(path):
@@ -325,27 +331,27 @@ def test_damaged_base_checkpoints_are_one_line(tmp_path):
 
     ckpt = write_run(tmp_path, {"ema_agent": DiffusionPolicy(50, 7, 2, 8, 16).state_dict()}, DP_ARGS)
     with pytest.raises(UsageError, match="--act-horizon 16: must be at most 15 with this base policy"):
-        load_base_policy(ckpt, "diffusion", 50, 7, overrides={"act_horizon": 16})
+        load_base(ckpt, {"act_horizon": 16})
     (tmp_path / "args.json").write_text(json.dumps({"context_window": 20, "control_mode": "pd_ee_delta_pose"}))
-    with pytest.raises(CheckpointError, match="args.json lacks obs_horizon, act_horizon, .*not the args.json of an offline diffusion run"):
-        load_base_policy(ckpt, "diffusion", 50, 7)
+    with pytest.raises(CheckpointError, match="args.json lacks obs_horizon, act_horizon, .*not the args.json of an offline DiffusionPolicy run"):
+        load_base(ckpt)
     (tmp_path / "args.json").write_text("{ not json")
     with pytest.raises(CheckpointError, match="args.json cannot be read as JSON"):
-        load_base_policy(ckpt, "diffusion", 50, 7)
+        load_base(ckpt)
     (tmp_path / "args.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="args.json holds a JSON list, not the settings of a run"):
-        load_base_policy(ckpt, "diffusion", 50, 7)
+        load_base(ckpt)
     (tmp_path / "args.json").write_text(json.dumps(DP_ARGS))
     torch.save({"ema_agent": {"w": np.zeros(3)}}, ckpt)  # pickled objects: refused by weights_only=True
     with pytest.raises(CheckpointError, match="best.pt cannot be read as a checkpoint: it holds Python objects"):
-        load_base_policy(ckpt, "diffusion", 50, 7)
+        load_base(ckpt)
     ckpt.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="best.pt cannot be read as a checkpoint"):
-        load_base_policy(ckpt, "diffusion", 50, 7)
+        load_base(ckpt)
     torch.save({"ema_agent": DiffusionPolicy(50, 7, 2, 8, 16).state_dict()}, ckpt)
     cut_in_half(ckpt)
     with pytest.raises(CheckpointError, match="best.pt cannot be read as a checkpoint") as err:
-        load_base_policy(ckpt, "diffusion", 50, 7)
+        load_base(ckpt)
     assert "\n" not in str(err.value)
 
 

@@ -15,7 +15,7 @@ from conftest import ROOT, run_script
 from gymnasium import spaces
 from test_online import check_buffer
 
-from pi_dec.base_policies import DiffusionPolicyRGBD, RandomShift, load_base_policy, policy_kind
+from pi_dec.base_policies import DiffusionPolicyRGBD, RandomShift, load_base, policy_class
 from pi_dec.rgbd import DictFrameStack, RGBDObsWrapper, camera_kwargs, convert_obs, demo_obs, state_parts
 from pi_dec.suites import UsageError
 
@@ -32,7 +32,7 @@ ONLINE = "online/pi_dec_diffusion_maniskill2_rgbd.py"
 def test_state_dict_matches_the_upstream_rgbd_checkpoints(name, args):
     policy = DiffusionPolicyRGBD(*args, obs_horizon=2, act_horizon=4, pred_horizon=16)
     assert {k: list(v.shape) for k, v in policy.state_dict().items()} == GOLDEN[name]["keys"]
-    assert policy_kind(policy.state_dict()) == "diffusion_rgbd"
+    assert policy_class(policy.state_dict(), "ckpt") is DiffusionPolicyRGBD
 
 
 def test_encoder_refuses_a_camera_size_it_was_not_built_for():
@@ -150,9 +150,8 @@ def test_augmentation_only_in_the_training_loss():
 
 def test_rgbd_windows_are_the_state_windows_key_by_key():
     """The offline windows index RGB-D frames exactly as they index state observations."""
-    from conftest import load_script
+    from pi_dec.diffusion_training import WindowDataset
 
-    dp = load_script("offline/diffusion_policy_unet_maniskill2.py")
     rng = np.random.default_rng(0)
     trajs = []
     for length in (5, 9):
@@ -161,8 +160,8 @@ def test_rgbd_windows_are_the_state_windows_key_by_key():
         trajs.append({"obs": obs, "actions": rng.uniform(-1, 1, (length, 7)).astype(np.float32)})
     as_rgbd = [{"obs": {"state": t["obs"], "rgb": np.broadcast_to(t["obs"][:, :1, None, None], (len(t["obs"]), 6, 2, 2))
                         .astype(np.uint8)}, "actions": t["actions"]} for t in trajs]
-    state = dp.WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", "cpu")
-    rgbd = dp.WindowDataset(as_rgbd, 2, 16, "pd_ee_delta_pose", "cpu")
+    state = WindowDataset(trajs, 2, 16, "pd_ee_delta_pose", "cpu")
+    rgbd = WindowDataset(as_rgbd, 2, 16, "pd_ee_delta_pose", "cpu")
     idx = torch.arange(len(state))
     (s_obs, s_act), (r_obs, r_act) = state.batch(idx), rgbd.batch(idx)
     assert torch.equal(s_act, r_act) and torch.equal(s_obs, r_obs["state"])
@@ -175,12 +174,7 @@ def test_help_documents_every_flag(script):
     from conftest import load_script
 
     out = run_script(script, "--help").stdout
-    sys.path.insert(0, str(ROOT / script.split("/")[0]))  # the script imports the state script beside it
-    try:
-        fields = load_script(script).Args.__dataclass_fields__
-    finally:
-        sys.path.pop(0)
-    for name in fields:
+    for name in load_script(script).Args.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in out, name
 
 
@@ -310,8 +304,9 @@ def test_offline_rgbd_trains_evaluates_and_saves(rgbd_base):
     assert ckpt["ema_agent"].keys() == GOLDEN["two_cameras_64x64"]["keys"].keys()  # the upstream's names
     early = torch.load(rgbd_base / "checkpoints" / "6.pt", weights_only=True)["ema_agent"]
     assert not torch.equal(early["visual_encoder.cnn.0.weight"], ckpt["ema_agent"]["visual_encoder.cnn.0.weight"])
-    policy, cfg = load_base_policy(rgbd_base / "checkpoints" / "best.pt", "diffusion_rgbd", 10, 7)
-    assert policy.obs_embedding_dim == 266 and cfg["image_size"] == [64, 64]
+    policy = load_base(rgbd_base / "checkpoints" / "best.pt")
+    assert policy.obs_embedding_dim == policy.res_obs_dim == 266 and policy.config["image_size"] == [64, 64]
+    assert (policy.obs_mode, policy.image_size, policy.obs_dim, policy.act_dim) == ("rgbd", (64, 64), 10, 7)
 
 
 def test_online_rgbd_learns_from_embeddings_and_resumes(rgbd_base, tmp_path):

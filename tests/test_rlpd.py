@@ -68,20 +68,6 @@ def test_actor_follows_the_ensemble_mean_and_temperature_its_entropy_target():
     assert all(p.grad is None for q in critics for p in q.parameters())  # no gradients for the critics' weights
 
 
-@pytest.fixture(scope="module")
-def door_demos(tmp_path_factory):
-    if not EXPERT_DIR.is_dir():
-        pytest.skip(f"expert policies not found at {EXPERT_DIR}")
-    from pi_dec.demos.cli import Args, main
-
-    root = tmp_path_factory.mktemp("rlpd_demos")
-    for env_id in ("AdroitHandDoorSparse-v1", "AdroitHandHammerSparse-v1"):
-        main(Args(env_id=env_id, num_demos=2, out=str(root / env_id), expert_dir=str(EXPERT_DIR),
-                  action_noise=0.1, extra_steps=4))
-    return root
-
-
-@needs_experts
 def test_rlpd_learns_on_adroit_door_from_its_demos(door_demos, tmp_path):
     run_script("online/rlpd_maniskill2.py", "--env-id", "AdroitHandDoorSparse-v1", "--demo-path",
                door_demos / "AdroitHandDoorSparse-v1" / "trajectory.h5", "--total-timesteps", 256, "--num-envs", 4,
