@@ -103,6 +103,7 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     waiting for a failing episode's time limit).
     """
     from pi_dec.make_env import make_vec_env
+    from pi_dec.run import reset_at_ends
 
     num_envs = min(num_envs, len(seeds))
     queues = [list(range(i, len(seeds), num_envs)) for i in range(num_envs)]  # indices into seeds
@@ -114,14 +115,11 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     executed = [[] for _ in range(num_envs)]  # this episode's actions, per env
     progress = tqdm(total=len(seeds), desc=desc, unit="episode", dynamic_ncols=True)
     obs, _ = envs.reset()
-    reset = getattr(act, "reset", None)  # a base's own per-episode state (pi_dec/frozen_base.py)
-    if reset:
-        reset(np.ones(num_envs, dtype=bool))
+    reset_at_ends(act, np.ones(num_envs, dtype=bool))
     while sum(episodes_done) < len(seeds):
         chunk = act(obs)
         obs, _, terminated, truncated, infos = envs.step(chunk)
-        if reset and (terminated | truncated).any():
-            reset(terminated | truncated)
+        reset_at_ends(act, terminated | truncated)
         for i in range(num_envs):
             if episodes_done[i] == len(queues[i]):
                 continue  # its seeds are done; it plays unseeded episodes nobody counts
@@ -150,9 +148,10 @@ def evaluate_base(base_ckpt: Path, env_id: str, control_mode: str, seeds: list[i
     from pi_dec.policy_decorator import decorated_policy
 
     out = {}
+    base = load_base(base_ckpt, {"act_horizon": act_horizon})  # read once; each sampler set on it below
     for sampler, steps in samplers:
         name = f"{sampler}{steps}" if steps else sampler
-        base = load_base(base_ckpt, {"act_horizon": act_horizon, f"{sampler}_steps": steps})
+        base.prepare_online({f"{sampler}_steps": steps})
         torch.manual_seed(0)
         out[name] = evaluate_on_seeds(env_id, control_mode, base.obs_horizon, decorated_policy(base, None, 0, "obs"),
                                       seeds, num_envs=num_envs, desc=f"base alone, {name}")

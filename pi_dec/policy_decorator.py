@@ -36,8 +36,8 @@ from pi_dec.rgbd import camera_kwargs
 from pi_dec.nets.sac import LOG_STD_MAX, ResidualActor, SoftQNetwork, xavier_init_
 from pi_dec.suites import suite_for
 from pi_dec.run import (COUNT, POSITIVE, RUN_RULES, Run, RunArgs, StepTimer, UsageError, at_least, between,
-                        check_eval_episodes, check_numbers, cli_flag, obs_tensor, rng_states, run_episodes, set_rng_states,
-                        setup_torch)
+                        check_eval_episodes, check_numbers, cli_flag, obs_tensor, reset_at_ends, rng_states, run_episodes,
+                        set_rng_states, setup_torch)
 
 
 @dataclass
@@ -501,7 +501,7 @@ def train(args: OnlineArgs, base: FrozenBase, algo_name: str, script: str) -> Ru
 
     # --------------------------------------------------------------------------------------------- #
     obs, _ = envs.reset(seed=args.seed + global_step)  # (N, obs_horizon, obs_dim) or RGB-D windows
-    base.reset(np.ones(args.num_envs, dtype=bool))
+    reset_at_ends(base, np.ones(args.num_envs, dtype=bool))
     base_seq, obs_last = base.act(obs_tensor(obs, device))  # (N, act_horizon, act_dim), (N, res_obs_dim)
     updates_per_round = int(args.training_freq * args.utd)
     # Collection and updates take turns: while the MLPs train, the env workers sit idle, so the updates
@@ -537,8 +537,7 @@ def train(args: OnlineArgs, base: FrozenBase, algo_name: str, script: str) -> Ru
 
             # ALGO LOGIC: bootstrap handling at episode ends
             stop, need_final = bootstrap_masks(terminated, truncated, args.bootstrap_at_done)
-            if (terminated | truncated).any():
-                base.reset(terminated | truncated)
+            reset_at_ends(base, terminated | truncated)
             # The next decision's base call doubles as the next state's in the buffer (its base action and
             # what the residual sees); only envs whose transition ends in a final observation (the one
             # before the automatic reset) need their own call on it.

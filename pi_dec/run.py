@@ -244,6 +244,12 @@ def obs_tensor(obs, device):
     return torch.as_tensor(obs, dtype=torch.float32, device=device)
 
 
+def reset_at_ends(act, done: np.ndarray) -> None:
+    """Tell a policy with per-episode state (`act.reset`, a base's: pi_dec/frozen_base.py) which envs' episodes ended."""
+    if hasattr(act, "reset") and done.any():
+        act.reset(done)
+
+
 def run_episodes(n: int, act, envs) -> dict[str, list]:
     """Step `envs` with `act(obs)` until `n` episodes have ended; return, length and success of each.
 
@@ -252,13 +258,10 @@ def run_episodes(n: int, act, envs) -> dict[str, list]:
     """
     result = defaultdict(list)
     obs, _ = envs.reset()
-    reset = getattr(act, "reset", None)  # a base's own per-episode state (pi_dec/frozen_base.py)
-    if reset:
-        reset(np.ones(envs.num_envs, dtype=bool))
+    reset_at_ends(act, np.ones(envs.num_envs, dtype=bool))
     while len(result["success"]) < n:
         obs, _, terminated, truncated, infos = envs.step(act(obs))
-        if reset and (terminated | truncated).any():
-            reset(terminated | truncated)
+        reset_at_ends(act, terminated | truncated)
         for info in finished_episodes(infos):
             result["return"].append(float(np.ravel(info["episode"]["r"])[0]))
             result["len"].append(int(np.ravel(info["episode"]["l"])[0]))
