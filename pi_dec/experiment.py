@@ -74,6 +74,28 @@ def finished_base(out: Path, cmd: list[str]) -> tuple[Path, float] | None:
     return run, done["seconds"]
 
 
+BASE_EVALS = "base_evals.json"
+
+
+def remembered(cache: Path | None, key: dict, evaluate) -> dict:
+    """evaluate(), or what it returned for this key before: the base alone is deterministic (same checkpoint,
+    sampler, seeds, torch seed), so the variants of one experiment evaluate it once. `cache` lists the keys
+    and results (delete it to evaluate again); None: no cache."""
+    if cache is None:
+        return evaluate()
+    from pi_dec.run import atomic_write_text
+
+    known = json.loads(cache.read_text()) if cache.is_file() else []
+    key = json.loads(json.dumps(key))  # as it reads back (tuples as lists)
+    for entry in known:
+        if entry["key"] == key:
+            print(f"(reusing the base's evaluation {key.get('sampler')} from {_in_repo(cache)})", flush=True)
+            return entry["result"]
+    result = evaluate()
+    atomic_write_text(cache, json.dumps(known + [{"key": key, "result": result}]))
+    return result
+
+
 def mean_squared_jerk(actions: np.ndarray, control_mode: str = "pd_ee_delta_pose") -> float:
     """Mean squared jerk of the executed actions over steps and dims. Lower is smoother.
 
@@ -139,7 +161,8 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
 
 
 def evaluate_base(base_ckpt: Path, env_id: str, control_mode: str, seeds: list[int],
-                  samplers: list[tuple[str, int]], act_horizon: int | None = 4, num_envs: int = 10) -> dict:
+                  samplers: list[tuple[str, int]], act_horizon: int | None = 4, num_envs: int = 10,
+                  cache: Path | None = None) -> dict:
     """The base alone, with no interaction, under each sampler ("ddpm", 20) or ("ddim", 4) (Diffusion Policy;
     a base with no sampler ignores them: pass [("bet", 0)]): {"ddpm20": evaluate_on_seeds(...), ...}."""
     import torch
@@ -147,14 +170,21 @@ def evaluate_base(base_ckpt: Path, env_id: str, control_mode: str, seeds: list[i
     from pi_dec.base_policies import load_base
     from pi_dec.policy_decorator import decorated_policy
 
-    out = {}
-    base = load_base(base_ckpt, {"act_horizon": act_horizon})  # read once; each sampler set on it below
+    out, base = {}, None
     for sampler, steps in samplers:
         name = f"{sampler}{steps}" if steps else sampler
-        base.prepare_online({f"{sampler}_steps": steps})
-        torch.manual_seed(0)
-        out[name] = evaluate_on_seeds(env_id, control_mode, base.obs_horizon, decorated_policy(base, None, 0, "obs"),
-                                      seeds, num_envs=num_envs, desc=f"base alone, {name}")
+
+        def evaluate():
+            nonlocal base
+            base = base or load_base(base_ckpt, {"act_horizon": act_horizon})  # read once; samplers set on it
+            base.prepare_online({f"{sampler}_steps": steps})
+            torch.manual_seed(0)
+            return evaluate_on_seeds(env_id, control_mode, base.obs_horizon, decorated_policy(base, None, 0, "obs"),
+                                     seeds, num_envs=num_envs, desc=f"base alone, {name}")
+
+        key = {"ckpt": _in_repo(base_ckpt), "seeds": seeds, "sampler": name, "act_horizon": act_horizon,
+               "num_envs": num_envs}
+        out[name] = remembered(cache, key, evaluate)
     return out
 
 
@@ -191,12 +221,15 @@ def sampler_flags(args: list[str]) -> dict:
 
 
 def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[int],
-                  video_root: Path | None, base_sampling: dict | None = None) -> dict:
+                  video_root: Path | None, base_sampling: dict | None = None, cache: Path | None = None) -> dict:
     """Base alone and the trained policy on the same seeds: base + residual (deterministic) for Policy
-    Decorator, the actor alone for a baseline that learns without the base (RLPD)."""
+    Decorator, the actor alone for a baseline that learns without the base (RLPD). The base's result is
+    remembered in `cache` (see `remembered`)."""
+    import dataclasses
+
     import torch
 
-    from pi_dec.base_policies import load_base
+    from pi_dec.base_policies import DiffusionSampling, load_base
     from pi_dec.nets.sac import ResidualActor
     from pi_dec.policy_decorator import decorated_policy
 
@@ -204,7 +237,8 @@ def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[in
     rlpd = online_args["algo_name"] == "RLPD"
     control_mode = online_args["control_mode"] if rlpd else online_args["base_policy"]["control_mode"]
     # a baseline has no base: its base is sampled with Policy Decorator's flags
-    base = load_base(base_ckpt, {"act_horizon": 4} | (base_sampling or {}) if rlpd else online_args)
+    base_flags = {"act_horizon": 4} | (base_sampling or {}) if rlpd else online_args
+    base = load_base(base_ckpt, base_flags)
     obs_dim, act_dim, obs_horizon = base.obs_dim, base.act_dim, base.obs_horizon
     if rlpd:
         from pi_dec.suites import suite_for
@@ -224,10 +258,17 @@ def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[in
         refined = decorated_policy(base, actor, online_args["res_scale"], online_args["actor_input"])
         refined_horizon = obs_horizon
     policies = (("base", decorated_policy(base, None, 0, "obs"), obs_horizon), ("refined", refined, refined_horizon))
+    # how the base was sampled, whichever flags carried it (a BeT base ignores them)
+    names = {f.name for f in dataclasses.fields(DiffusionSampling)}
+    sampling = dataclasses.asdict(DiffusionSampling(**{k: v for k, v in base_flags.items() if k in names}))
     results = {}
     for name, act, window in policies:
-        torch.manual_seed(0)
-        results[name] = evaluate_on_seeds(env_id, control_mode, window, act, seeds, desc=f"{name} policy")
+        def evaluate():
+            torch.manual_seed(0)
+            return evaluate_on_seeds(env_id, control_mode, window, act, seeds, desc=f"{name} policy")
+
+        key = {"ckpt": _in_repo(base_ckpt), "seeds": seeds, "sampler": "as online", "sampling": sampling}
+        results[name] = remembered(cache, key, evaluate) if name == "base" else evaluate()
     # One before/after video on the first seed, in its own pass: recording renders every frame on the CPU
     # (lavapipe), and inside the 100-episode pass the recording env held the other envs back (~4x the time).
     if video_root:
@@ -353,11 +394,12 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     online_run = newest_run(online_out)
     print(f"\n=== 4/4 evaluating base and refined policy on the same {len(eval_seeds)} seeds", flush=True)
     t0 = time.time()
+    cache = base_dir / BASE_EVALS  # the base alone is evaluated once for all variants
     results = eval_policies(base_ckpt, online_run, env_id, eval_seeds, out / "videos" if video else None,
-                            sampler_flags(budget.base_online_args))
+                            sampler_flags(budget.base_online_args), cache)
     online_args = json.loads((online_run / "args.json").read_text())
     base_alone = evaluate_base(base_ckpt, env_id, control_mode, eval_seeds, budget.base_samplers,
-                               online_args.get("act_horizon", 4)) if budget.base_samplers else {}
+                               online_args.get("act_horizon", 4), cache=cache) if budget.base_samplers else {}
     times["eval"] = time.time() - t0
     summary = {
         "task": env_id, "base": kind, "seed": seed, "num_demos": budget.num_demos, "control_mode": control_mode,

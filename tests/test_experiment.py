@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pi_dec.experiment import ROOT, Budget, evaluate_on_seeds, mean_squared_jerk, run_experiment
+from pi_dec.experiment import ROOT, Budget, evaluate_on_seeds, mean_squared_jerk, remembered, run_experiment
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.results import (BUDGETS, TEST_SEEDS, VAL_SEEDS, VARIANTS, keep_earlier_budget, report, set_flags,
                             variant_budget, with_flags, without)
@@ -51,6 +51,22 @@ def test_evaluation_results_follow_the_seeds_whatever_the_number_of_envs():
     assert one["len"] == two["len"]
     np.testing.assert_allclose(two["jerk"], one["jerk"], rtol=1e-6)
     assert len(set(one["jerk"])) == 3  # the seeds really gave different episodes
+
+
+def test_the_base_alone_is_evaluated_once_per_checkpoint_sampler_and_seeds(tmp_path):
+    cache, calls = tmp_path / "base_evals.json", []
+
+    def evaluate():
+        calls.append(1)
+        return {"success": [1.0, 0.0], "len": [40, 200]}
+
+    key = {"ckpt": "output/x/best.pt", "seeds": [1, 2], "sampler": "ddpm20"}
+    first = remembered(cache, key, evaluate)
+    assert remembered(cache, dict(key, seeds=(1, 2)), lambda: pytest.fail("evaluated twice")) == first
+    remembered(cache, dict(key, seeds=[1, 3]), evaluate)  # other seeds, other sampler: evaluated
+    remembered(cache, dict(key, sampler="ddpm100"), evaluate)
+    remembered(None, key, evaluate)  # no cache: always evaluated
+    assert len(calls) == 4 and len(json.loads(cache.read_text())) == 3
 
 
 def test_refined_policy_adds_the_scaled_deterministic_residual():

@@ -122,5 +122,7 @@ def test_rlpd_variant_of_an_experiment_shares_the_base_and_is_evaluated_alone(do
                               tmp_path / "rlpd", data, seeds, video=False, base_dir=tmp_path)
     assert baseline["base_reused"] and baseline["base_run"] == ours["base_run"]
     assert baseline["success_base"] == ours["success_base"]  # the base sampled as Policy Decorator samples it
+    # ... found as the same evaluation: the base alone was evaluated once for both
+    assert [e["key"]["sampler"] for e in json.loads((tmp_path / "base_evals.json").read_text())] == ["as online"]
     assert baseline["online_env_steps"] == ours["online_env_steps"] == 64 * 4
     assert "RLPD" in baseline["online_run"] and 0 <= baseline["success_refined"] <= 1
