@@ -577,6 +577,17 @@ def main() -> None:
                                        "'--action-noise 0.2 --record-executed' (a way to weaken the data)")
     sub.add_parser("report", help="rebuild results/README.md, results/success.png and the README section")
     args = parser.parse_args()
+    from pi_dec.run import stop_on_sigterm
+
+    stop_on_sigterm()  # a stopped run takes its running stage with it (subprocess.run kills it)
+    try:
+        _main(args)
+    except KeyboardInterrupt:
+        print("\nstopped: finished stages are kept (a rerun reuses a finished base policy)", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(args) -> None:
     from pi_dec.run import COUNT, SEED, UsageError, check_numbers, user_errors
 
     with user_errors():

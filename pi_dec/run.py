@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import signal
 import tempfile
 import time
 from collections import defaultdict
@@ -283,6 +284,15 @@ class StepTimer:
 
     def scalars(self, prefix: str = "time/") -> dict:
         return {f"{prefix}{k}": v for k, v in self.totals.items()}
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, a cluster scheduler's time limit) stops this process as Ctrl-C does, by KeyboardInterrupt,
+    so that it stops the experiments it started; Ray's driver handler would exit and leave them on the cores."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 class user_errors:

@@ -9,7 +9,7 @@ Without --address it starts Ray inside this process (no dashboard) and gives eac
 (--cpus-per-run; two torch jobs on the same cores slow each other tenfold), so cells run one after another.
 A cell whose summary exists at its current budget is skipped, so rerunning the command continues a stopped
 sweep; a failed cell is retried (--retries), then reported with the last lines of its log
-(<output-dir>/results/<task>_<base>_<seed>/<split>_<variant>.log). Ctrl-C stops the running cells and keeps
+(<output-dir>/results/<task>_<base>_<seed>/<split>_<variant>.log). Ctrl-C or SIGTERM stops the running cells and keeps
 every finished one. On a cluster the repository (and its data/, output/, results/) must be at the same path on
 every node, as on a shared file system.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from pi_dec.experiment import ROOT, demo_folder
 from pi_dec.results import (SPLITS, VARIANTS, Places, add_place_flags, finished, load_budgets, report, run_name,
                             variant_budget)
-from pi_dec.run import UsageError, user_errors
+from pi_dec.run import UsageError, stop_on_sigterm, user_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +159,7 @@ def sweep(cells: list[Cell], places: Places, budgets: dict, budget_file: Path | 
                  **({} if address else {"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1"}))
     except ConnectionError as err:
         raise UsageError(f"--address {address}: {str(err).splitlines()[0]}") from None
+    stop_on_sigterm()  # after ray.init, which sets its own
     cpus = cpus_per_run or (None if address else os.cpu_count())
     task = ray.remote(run_cell).options(num_cpus=cpus or 1, num_gpus=gpus_per_run, max_retries=0)
     tries = {c: 0 for c in todo}

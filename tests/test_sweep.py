@@ -1,5 +1,5 @@
 """python -m pi_dec.sweep: a real grid of tiny experiments on an embedded Ray and on a Ray cluster that the
-test starts itself; skipping, retries, Ctrl-C and resuming; bad input as one line."""
+test starts itself; skipping, retries, SIGTERM and resuming; bad input as one line."""
 
 import json
 import os
@@ -56,13 +56,14 @@ def free_port() -> int:
 
 @pytest.mark.skipif(not EXPERT_DIR.is_dir(), reason=f"expert policies not found at {EXPERT_DIR}")
 def test_a_stopped_sweep_resumes_on_a_cluster_and_a_rerun_skips_every_finished_cell(tmp_path):
-    # 1. embedded Ray, two cells; Ctrl-C once the first summary is written
+    # 1. embedded Ray, two cells; SIGTERM (`kill`, a scheduler's time limit; Ctrl-C takes the same path) once the
+    # first summary is written
     proc = sweep(tmp_path, "--seeds", 1, 2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 400
     while not summaries(tmp_path) and time.time() < deadline and proc.poll() is None:
         time.sleep(1)
     assert summaries(tmp_path) == [f"{DOOR}_diffusion_1.json"], proc.communicate()[0][-3000:]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
     assert "stopping" in out and summaries(tmp_path) == [f"{DOOR}_diffusion_1.json"]  # the finished cell is kept
