@@ -79,6 +79,8 @@ def test_a_stopped_sweep_resumes_on_a_cluster_and_a_rerun_skips_every_finished_c
     try:
         result = sweep(tmp_path, "--seeds", 1, 2, "--address", f"127.0.0.1:{port}")
     finally:
+        # NOTE: `ray stop` stops every Ray of this user on the machine, a running sweep's too: never run the tests
+        # beside a sweep (its cells then fail, and their experiments go on without it)
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=LOOPBACK)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"skip {DOOR}_diffusion_1 (test)" in result.stdout and "1 ran, 1 skipped, 0 failed" in result.stdout
