@@ -261,14 +261,14 @@ def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[in
     # how the base was sampled, whichever flags carried it (a BeT base ignores them)
     names = {f.name for f in dataclasses.fields(DiffusionSampling)}
     sampling = dataclasses.asdict(DiffusionSampling(**{k: v for k, v in base_flags.items() if k in names}))
+    base_key = {"ckpt": _in_repo(base_ckpt), "seeds": seeds, "sampler": "as online", "sampling": sampling}
     results = {}
     for name, act, window in policies:
         def evaluate():
             torch.manual_seed(0)
             return evaluate_on_seeds(env_id, control_mode, window, act, seeds, desc=f"{name} policy")
 
-        key = {"ckpt": _in_repo(base_ckpt), "seeds": seeds, "sampler": "as online", "sampling": sampling}
-        results[name] = remembered(cache, key, evaluate) if name == "base" else evaluate()
+        results[name] = remembered(cache, base_key, evaluate) if name == "base" else evaluate()
     # One before/after video on the first seed, in its own pass: recording renders every frame on the CPU
     # (lavapipe), and inside the 100-episode pass the recording env held the other envs back (~4x the time).
     if video_root:
