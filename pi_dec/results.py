@@ -430,9 +430,10 @@ def report(results: Path = RESULTS, readme: Path | None = ROOT / "README.md") ->
 
 
 def _ablation_table(task: str, base: str, variants: dict) -> str:
-    """Policy Decorator beside its ablations and the base alone, on the same bases and test seeds."""
+    """Policy Decorator beside its ablations and the base alone, on the same bases and test seeds. Time is the
+    online stage's: the variants share one base, and the first of a seed's runs also pays its evaluations."""
     lines = [f"{task} / {base}: every variant on the same base policies and test seeds, at the same env-step budget.",
-             "", "| variant | seeds | success | episode length | jerk | online env steps | wall time / run |",
+             "", "| variant | seeds | success | episode length | jerk | online env steps | online stage / run |",
              "|---|---|---|---|---|---|---|"]
     ours = variants.get("pi_dec", [])
     if ours:  # the base alone: the online sampler, then (no interaction) the others
@@ -449,7 +450,7 @@ def _ablation_table(task: str, base: str, variants: dict) -> str:
             lines.append(f"| {VARIANTS[variant][0]} | {len(rs)} | {_stat([r['success_refined'] for r in rs])} | "
                          f"{_stat([r['len_refined'] for r in rs], '{:.0f}')} | "
                          f"{_stat([r['jerk_refined'] for r in rs], '{:.1e}')} | {rs[0]['online_env_steps']:,} | "
-                         f"{np.mean([r['wall_seconds'] for r in rs]) / 60:.0f} min |")
+                         f"{np.mean([r['seconds']['online'] for r in rs]) / 60:.0f} min |")
     return "\n".join(lines)
 
 

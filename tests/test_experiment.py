@@ -239,7 +239,8 @@ def test_report_sets_variants_beside_policy_decorator_and_labels_the_protocol(tm
         return (_summary(seed, 0.4, refined, 2e-3, 1e-3, budget=vb)
                 | {"task": task, "control_mode": vb.control_mode, "len_base": 150, "len_refined": 60,
                    "success_base_samplers": {"ddpm20": 0.9}, "len_base_samplers": {"ddpm20": 70},
-                   "curve": [[0, 0.4], [80000, 0.7 * refined], [160000, refined]], "split": split, "variant": variant})
+                   "curve": [[0, 0.4], [80000, 0.7 * refined], [160000, refined]], "split": split, "variant": variant,
+                   "seconds": {"base": 600.0, "online": 600.0 + seed * 120, "eval": 30.0}})
 
     for seed in (1, 2):
         (results / "runs" / f"{task}_diffusion_{seed}.json").write_text(json.dumps(summary(seed, 0.9 + seed / 100, "pi_dec")))
@@ -260,6 +261,7 @@ def test_report_sets_variants_beside_policy_decorator_and_labels_the_protocol(tm
     assert rows["base alone, DDPM20"][2] == "0.90 ± 0.00" and rows["base alone, DDPM20"][5] == "0"
     assert rows["Policy Decorator"][2] == "0.92 ± 0.01"
     assert rows["no progressive exploration (--prog-explore 1)"][2] == "0.50 ± 0.00"
+    assert rows["Policy Decorator"][6] == "13 min"  # the online stage (12 and 14 min), not the run's 30 min
     page = (results / "README.md").read_text()
     assert "1,000: 0.10 / 0.20; 2,000: 0.30 / 0.45" in page  # the base curve, in the validation section
     assert f"{task} / diffusion, pi_dec, seed 1: 0.40 → 0.77" in page
