@@ -115,9 +115,11 @@ def mean_squared_jerk(actions: np.ndarray, control_mode: str = "pd_ee_delta_pose
 
 
 def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, seeds: list[int],
-                      num_envs: int = 4, video_dir: str | None = None, desc: str = "evaluation") -> dict:
+                      num_envs: int = 4, video_dir: str | None = None, desc: str = "evaluation",
+                      strict: int | None = None) -> dict:
     """Run one episode per seed with `act(obs) -> (N, H, A)` chunks; success, length and jerk per episode,
-    listed in the order of `seeds`.
+    listed in the order of `seeds`. With `strict` (Adroit), episodes run on past success to the time limit
+    and "success_strict" counts those whose goal held in more than `strict` steps (DAPG's rule).
 
     Env i plays seeds i, i + num_envs, ... back to back (its automatic resets take the next seed), so two
     policies evaluated with the same seeds face the same initial states, and no env idles until the
@@ -130,9 +132,11 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
     num_envs = min(num_envs, len(seeds))
     queues = [list(range(i, len(seeds), num_envs)) for i in range(num_envs)]  # indices into seeds
     envs = make_vec_env(env_id, num_envs, seed=0, control_mode=control_mode, obs_horizon=obs_horizon,
-                        asynchronous=num_envs > 1, video_dir=video_dir,
+                        asynchronous=num_envs > 1, video_dir=video_dir, end_at_success=strict is None,
                         reset_seeds=[[seeds[k] for k in queue] for queue in queues])
     out = {"seed": list(seeds), "success": [0.0] * len(seeds), "len": [0] * len(seeds), "jerk": [0.0] * len(seeds)}
+    if strict is not None:
+        out["success_steps"], out["success_strict"] = [0] * len(seeds), [0.0] * len(seeds)
     episodes_done = [0] * num_envs
     executed = [[] for _ in range(num_envs)]  # this episode's actions, per env
     progress = tqdm(total=len(seeds), desc=desc, unit="episode", dynamic_ncols=True)
@@ -149,7 +153,11 @@ def evaluate_on_seeds(env_id: str, control_mode: str, obs_horizon: int, act, see
             if terminated[i] or truncated[i]:
                 final, k = infos["final_info"][i], queues[i][episodes_done[i]]
                 length = int(np.ravel(final["episode"]["l"])[0])
-                out["success"][k] = float(final["success"])
+                # an Adroit episode run past success may end without it: "success" is success at any step
+                out["success"][k] = float(final.get("success_steps", final["success"]) > 0)
+                if strict is not None:
+                    out["success_steps"][k] = int(final["success_steps"])
+                    out["success_strict"][k] = float(final["success_steps"] > strict)
                 out["len"][k] = length
                 out["jerk"][k] = mean_squared_jerk(np.array(executed[i][:length]), control_mode)  # a chunk can outlast the episode
                 executed[i], episodes_done[i] = [], episodes_done[i] + 1
@@ -221,10 +229,11 @@ def sampler_flags(args: list[str]) -> dict:
 
 
 def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[int],
-                  video_root: Path | None, base_sampling: dict | None = None, cache: Path | None = None) -> dict:
+                  video_root: Path | None, base_sampling: dict | None = None, cache: Path | None = None,
+                  strict: int | None = None) -> dict:
     """Base alone and the trained policy on the same seeds: base + residual (deterministic) for Policy
     Decorator, the actor alone for a baseline that learns without the base (RLPD). The base's result is
-    remembered in `cache` (see `remembered`)."""
+    remembered in `cache` (see `remembered`). `strict`: DAPG's rule, see evaluate_on_seeds."""
     import dataclasses
 
     import torch
@@ -262,11 +271,13 @@ def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[in
     names = {f.name for f in dataclasses.fields(DiffusionSampling)}
     sampling = dataclasses.asdict(DiffusionSampling(**{k: v for k, v in base_flags.items() if k in names}))
     base_key = {"ckpt": _in_repo(base_ckpt), "seeds": seeds, "sampler": "as online", "sampling": sampling}
+    base_key |= {"strict": strict} if strict is not None else {}
     results = {}
     for name, act, window in policies:
         def evaluate():
             torch.manual_seed(0)
-            return evaluate_on_seeds(env_id, control_mode, window, act, seeds, desc=f"{name} policy")
+            return evaluate_on_seeds(env_id, control_mode, window, act, seeds, strict=strict,
+                                     desc=f"{name} policy" + (", DAPG's success rule" if strict is not None else ""))
 
         results[name] = remembered(cache, base_key, evaluate) if name == "base" else evaluate()
     # One before/after video on the first seed, in its own pass: recording renders every frame on the CPU
@@ -277,6 +288,20 @@ def eval_policies(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[in
             evaluate_on_seeds(env_id, control_mode, window, act, seeds[:1], num_envs=1,
                               video_dir=str(video_root / name), desc=f"{name} video")
     return results
+
+
+def strict_success(base_ckpt: Path, online_run: Path, env_id: str, seeds: list[int], base_sampling: dict | None,
+                   cache: Path | None) -> dict:
+    """Adroit: base and refined policy under DAPG's success rule (the goal held in more than N steps of an
+    episode run to its time limit; suites.DAPG_GOAL_STEPS), in a second pass: {"success_strict_base": ...,
+    "success_strict_refined": ...}. Other tasks: {}."""
+    from pi_dec.suites import DAPG_GOAL_STEPS
+
+    if env_id not in DAPG_GOAL_STEPS:
+        return {}
+    results = eval_policies(base_ckpt, online_run, env_id, seeds, None, base_sampling, cache,
+                            strict=DAPG_GOAL_STEPS[env_id])
+    return {f"success_strict_{name}": float(np.mean(r["success_strict"])) for name, r in results.items()}
 
 
 def learning_curve(online_run: Path, base_success: float, png: Path, title: str,
@@ -349,6 +374,12 @@ def ensure_demos(env_id: str, budget: Budget, data_dir: Path) -> float:
         "--out", data_dir, "--num-procs", 2, *budget.demo_args])
 
 
+def code_commit() -> str:
+    """The repository's commit, "-dirty" if the tree has changes: what a summary was measured with."""
+    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip() or "unknown"
+
+
 def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path, data_dir: Path,
                    eval_seeds: list[int], video: bool = True, base_dir: Path | None = None) -> dict:
     """The whole pipeline; returns (and writes to out/summary.json) a small summary. `base_dir` (default
@@ -356,9 +387,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     base_dir = base_dir or out
     base_dir.mkdir(parents=True, exist_ok=True)
-    # the code that runs is the code at the start (the tree may change while a long run goes on)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
+    commit = code_commit()  # the code that runs is the code at the start (the tree may change during a long run)
     offline_script, online_script = scripts(kind)
     online_script = budget.online_script or online_script
     times = {}
@@ -400,6 +429,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
     online_args = json.loads((online_run / "args.json").read_text())
     base_alone = evaluate_base(base_ckpt, env_id, control_mode, eval_seeds, budget.base_samplers,
                                online_args.get("act_horizon", 4), cache=cache) if budget.base_samplers else {}
+    strict = strict_success(base_ckpt, online_run, env_id, eval_seeds, sampler_flags(budget.base_online_args), cache)
     times["eval"] = time.time() - t0
     summary = {
         "task": env_id, "base": kind, "seed": seed, "num_demos": budget.num_demos, "control_mode": control_mode,
@@ -414,7 +444,7 @@ def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path,
         # the base alone with other samplers: what it reaches with no interaction at all
         "success_base_samplers": {k: float(np.mean(r["success"])) for k, r in base_alone.items()},
         "len_base_samplers": {k: float(np.mean(r["len"])) for k, r in base_alone.items()},
-        "curve": eval_curve(online_run),
+        "curve": eval_curve(online_run), **strict,
         "seconds": {k: round(v, 1) for k, v in times.items()}, "wall_seconds": round(sum(times.values()), 1),
         "commit": commit, "base_reused": bool(reused),
         "base_run": _in_repo(base_run), "online_run": _in_repo(online_run),

@@ -64,18 +64,19 @@ def asset_kwargs(obj_ids: Sequence[str] = (), asset_root: str | None = None, mod
 
 def make_env(env_id: str, seed: int, control_mode: str | None = None, obs_horizon: int = 1,
              video_dir: str | None = None, env_kwargs: dict | None = None, obs_mode: str = "state",
-             act_chunks: bool = True,
-             max_episode_steps: int | None = None, reset_seeds: Sequence[int] = ()) -> Callable[[], gym.Env]:
+             act_chunks: bool = True, max_episode_steps: int | None = None, reset_seeds: Sequence[int] = (),
+             end_at_success: bool = True) -> Callable[[], gym.Env]:
     """A thunk that builds one wrapped env (for gym.vector.*VectorEnv).
 
     `act_chunks=True` makes the env take (act_horizon, act_dim) action sequences; `max_episode_steps`
     overrides the task's time limit (200 for every Policy Decorator task); `reset_seeds` seeds its
-    unseeded resets in turn (see SeedSchedule).
+    unseeded resets in turn (see SeedSchedule); `end_at_success=False` runs Adroit episodes past success.
     """
     env_kwargs = dict(env_kwargs or {})
 
     def thunk() -> gym.Env:
-        env = suite_for(env_id).make(env_id, control_mode, obs_mode, video_dir, env_kwargs, max_episode_steps)
+        env = suite_for(env_id).make(env_id, control_mode, obs_mode, video_dir, env_kwargs, max_episode_steps,
+                                     end_at_success)
         if obs_mode == "rgbd":
             env = RGBDObsWrapper(env, env_id)
         env = gym.wrappers.RecordEpisodeStatistics(env)

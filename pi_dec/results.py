@@ -10,6 +10,7 @@ report shows only these).
     python -m pi_dec.results run --task PickCube-v0 --base diffusion --seed 1 --split val
     python -m pi_dec.results run --task PickCube-v0 --base diffusion --seed 1 --split test --variant no_prog
     python -m pi_dec.results report          # results/README.md, results/*.png, README section
+    python -m pi_dec.results strict --split test   # DAPG's stricter Adroit success, for runs made without it
 
 Budgets per task are below (CPU-sized: the paper's budgets are GPU budgets).
 """
@@ -265,6 +266,35 @@ def run(task: str, base: str, seed: int, split: str = "test", variant: str = "pi
     return path
 
 
+def add_strict(split: str, places: Places = Places(), budgets: dict = BUDGETS) -> list[Path]:
+    """DAPG's stricter success rate, added to the Adroit summaries of a split that lack it, from their run
+    folders' final checkpoints (runs made before run_experiment measured it); returns the summaries changed."""
+    from pi_dec.experiment import BASE_EVALS, code_commit, sampler_flags, strict_success
+    from pi_dec.suites import DAPG_GOAL_STEPS
+
+    commit, changed = code_commit(), []
+    for path in sorted((places.results / ("runs" if split == "test" else "val")).glob("*.json")):
+        summary = json.loads(path.read_text())
+        if (summary.get("task") not in DAPG_GOAL_STEPS or "online_run" not in summary or "@" in path.stem
+                or "success_strict_refined" in summary):
+            continue  # another family, a base curve, an earlier budget's summary, or done
+        online_run, base_run = ROOT / summary["online_run"], ROOT / summary["base_run"]
+        if not online_run.is_dir():
+            print(f"{path.name}: its run folder {online_run} is not here; skipped")
+            continue
+        task, base = summary["task"], summary["base"]
+        budget = variant_budget(budgets[(task, base)], summary.get("variant", "pi_dec"), base)
+        summary |= strict_success(base_run / "checkpoints" / "best.pt", online_run, task,
+                                  SPLITS[split][:summary["eval_episodes"]], sampler_flags(budget.base_online_args),
+                                  places.experiment_dir(task, base, summary["seed"]) / BASE_EVALS)
+        summary["strict_commit"] = commit  # measured later than the rest, by this code
+        atomic_write_text(path, json.dumps(summary, indent=2))
+        print(f"{path.name}: DAPG success {summary['success_strict_base']:.2f} -> "
+              f"{summary['success_strict_refined']:.2f}")
+        changed.append(path)
+    return changed
+
+
 def finished(task: str, base: str, seed: int, split: str, variant: str, places: Places = Places(),
              budgets: dict = BUDGETS) -> bool:
     """Has this experiment a summary at its current budget (a rerun of it would only replace it)?"""
@@ -362,6 +392,12 @@ def _protocol(rs: list[dict]) -> str:
     return "val → test" if all(r.get("split") == "test" for r in rs) else "chosen on test seeds"
 
 
+def _strict(rs: list[dict], key: str) -> str:
+    """DAPG's success rate of a row, over the runs that measured it."""
+    values = [r[key] for r in rs if key in r]
+    return _stat(values) + (f" ({len(values)} of {len(rs)})" if len(values) < len(rs) else "") if values else ""
+
+
 def report(results: Path = RESULTS, readme: Path | None = ROOT / "README.md") -> str:
     """Rebuild <results>/README.md, <results>/success.png and (if given) the README's results block from the JSONs."""
     results.mkdir(parents=True, exist_ok=True)
@@ -433,22 +469,22 @@ def _ablation_table(task: str, base: str, variants: dict) -> str:
     """Policy Decorator beside its ablations and the base alone, on the same bases and test seeds. Time is the
     online stage's: the variants share one base, and the first of a seed's runs also pays its evaluations."""
     lines = [f"{task} / {base}: every variant on the same base policies and test seeds, at the same env-step budget.",
-             "", "| variant | seeds | success | episode length | jerk | online env steps | online stage / run |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| variant | seeds | success | DAPG success | episode length | jerk | online env steps | "
+             "online stage / run |", "|---|---|---|---|---|---|---|---|"]
     ours = variants.get("pi_dec", [])
     if ours:  # the base alone: the online sampler, then (no interaction) the others
         lines.append(f"| base alone (as sampled online) | {len(ours)} | {_stat([r['success_base'] for r in ours])} | "
-                     f"{_stat([r['len_base'] for r in ours], '{:.0f}')} | "
+                     f"{_strict(ours, 'success_strict_base')} | {_stat([r['len_base'] for r in ours], '{:.0f}')} | "
                      f"{_stat([r['jerk_base'] for r in ours], '{:.1e}')} | 0 | |")
         for sampler in ours[0].get("success_base_samplers", {}):
             rs = [r for r in ours if sampler in r.get("success_base_samplers", {})]
             lines.append(f"| base alone, {sampler.upper()} | {len(rs)} | "
-                         f"{_stat([r['success_base_samplers'][sampler] for r in rs])} | "
+                         f"{_stat([r['success_base_samplers'][sampler] for r in rs])} | | "
                          f"{_stat([r['len_base_samplers'][sampler] for r in rs], '{:.0f}')} | | 0 | |")
     for variant in VARIANTS:
         if rs := variants.get(variant):
             lines.append(f"| {VARIANTS[variant][0]} | {len(rs)} | {_stat([r['success_refined'] for r in rs])} | "
-                         f"{_stat([r['len_refined'] for r in rs], '{:.0f}')} | "
+                         f"{_strict(rs, 'success_strict_refined')} | {_stat([r['len_refined'] for r in rs], '{:.0f}')} | "
                          f"{_stat([r['jerk_refined'] for r in rs], '{:.1e}')} | {rs[0]['online_env_steps']:,} | "
                          f"{np.mean([r['seconds']['online'] for r in rs]) / 60:.0f} min |")
     return "\n".join(lines)
@@ -576,6 +612,10 @@ def main() -> None:
     c.add_argument("--offline-run", type=Path, help="evaluate this finished offline run instead of training one")
     c.add_argument("--demo-args", help="demo generation flags instead of the budget's, e.g. "
                                        "'--action-noise 0.2 --record-executed' (a way to weaken the data)")
+    st = sub.add_parser("strict", help="add DAPG's stricter Adroit success rate to summaries made without it "
+                                       "(evaluates their run folders' final checkpoints)")
+    st.add_argument("--split", required=True, choices=list(SPLITS))
+    add_place_flags(st)
     sub.add_parser("report", help="rebuild results/README.md, results/success.png and the README section")
     args = parser.parse_args()
     from pi_dec.run import stop_on_sigterm
@@ -607,6 +647,14 @@ def _main(args) -> None:
                 raise UsageError(f"--base {args.base}: no budget for {args.task} with this base (--budget-file).")
             run(args.task, args.base, args.seed, args.split, args.variant, places, budgets)
             report(places.results, ROOT / "README.md" if places.results == RESULTS else None)
+        elif args.cmd == "strict":
+            places = Places(args.results_dir, args.output_dir, args.data_dir)
+            places.check()
+            if add_strict(args.split, places, load_budgets(args.budget_file)):
+                report(places.results, ROOT / "README.md" if places.results == RESULTS else None)
+            else:
+                print(f"nothing added: every Adroit summary of {args.split} in {places.results} has DAPG's rate, "
+                      "or its run folder is not under this repository")
         elif args.cmd == "base-curve":
             if args.offline_run and not (args.offline_run / "checkpoints").is_dir():
                 raise UsageError(f"--offline-run {args.offline_run}: not an offline run folder (no checkpoints/).")

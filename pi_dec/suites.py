@@ -27,18 +27,36 @@ ADROIT_TASKS = ("AdroitHandDoorSparse-v1", "AdroitHandHammerSparse-v1", "AdroitH
 MAX_EPISODE_STEPS = 200  # every Policy Decorator task, ManiSkill2 and Adroit
 
 
+# DAPG's `evaluate_success` (hand_dapg's mj_envs): an episode succeeds if its goal is achieved in more than this
+# many of its steps (its episodes run to the time limit: Pen 100 steps there, 200 here).
+DAPG_GOAL_STEPS = {"AdroitHandDoorSparse-v1": 25, "AdroitHandHammerSparse-v1": 25, "AdroitHandPenSparse-v1": 20,
+                   "AdroitHandRelocateSparse-v1": 25}
+
+
 class SuccessEndsEpisode(gym.Wrapper):
     """Adroit in our ManiSkill2 setting: reward = success (0 or 1), and the episode ends at its first success.
 
     gymnasium-robotics' sparse reward is 10 at success and -0.1 otherwise, and its episodes never end
     early. The paper does not state its Adroit reward; we use the one its ManiSkill2 tasks have, so the
     online scripts' `reward - 1` gives the same -1 per step until success everywhere.
+    `end_at_success=False` lets episodes run on, for DAPG's stricter rate; `info["success_steps"]` counts
+    the episode's steps with success so far.
     """
+
+    def __init__(self, env: gym.Env, end_at_success: bool = True):
+        super().__init__(env)
+        self.end_at_success, self.success_steps = end_at_success, 0
+
+    def reset(self, **kwargs):
+        self.success_steps = 0
+        return self.env.reset(**kwargs)
 
     def step(self, action):
         obs, _, terminated, truncated, info = self.env.step(action)
         success = bool(info["success"])
-        return obs, float(success), terminated or success, truncated, info
+        self.success_steps += success
+        info["success_steps"] = self.success_steps
+        return obs, float(success), terminated or (success and self.end_at_success), truncated, info
 
 
 class ManiSkill2Suite:
@@ -73,8 +91,12 @@ class ManiSkill2Suite:
 
     @staticmethod
     def make(env_id: str, control_mode: str | None, obs_mode: str, video_dir: str | None, env_kwargs: dict,
-             max_episode_steps: int | None) -> gym.Env:
+             max_episode_steps: int | None, end_at_success: bool = True) -> gym.Env:
         from mani_skill2.utils.wrappers import RecordEpisode
+
+        if not end_at_success:
+            raise UsageError(f"{env_id}: ManiSkill2 episodes end at success; running past it (DAPG's success "
+                             "rule) is for Adroit tasks.")
 
         if max_episode_steps is not None:
             env_kwargs = {**env_kwargs, "max_episode_steps": max_episode_steps}
@@ -121,13 +143,13 @@ class AdroitSuite:
 
     @staticmethod
     def make(env_id: str, control_mode: str | None, obs_mode: str, video_dir: str | None, env_kwargs: dict,
-             max_episode_steps: int | None) -> gym.Env:
+             max_episode_steps: int | None, end_at_success: bool = True) -> gym.Env:
         AdroitSuite.register()
         if obs_mode != "state" or video_dir:
             raise UsageError(f"{env_id}: Adroit tasks run with state observations and no video here "
                              "(leave --capture-video out).")
         env = gym.make(env_id, max_episode_steps=max_episode_steps or MAX_EPISODE_STEPS, **env_kwargs)
-        return SuccessEndsEpisode(env)
+        return SuccessEndsEpisode(env, end_at_success)
 
     @staticmethod
     def load_demos(path, env_id: str, control_mode: str | None, num_traj: int | None) -> list[dict]:

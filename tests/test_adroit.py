@@ -32,24 +32,69 @@ def test_every_adroit_task_steps_with_our_reward_and_time_limit(env_id):
     assert truncated and t == 200 and not info["success"]  # holding still succeeds at nothing
 
 
+class SucceedsAt(gym.Env):
+    """gymnasium-robotics' sparse reward (-0.1, 10 at success) with success at the given steps; 5 steps long."""
+    observation_space = gym.spaces.Box(-1, 1, (3,))
+    action_space = gym.spaces.Box(-1, 1, (2,))
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        success = self.t in self.steps
+        return np.zeros(3, np.float32), 10.0 if success else -0.1, False, self.t == 5, {"success": success}
+
+
 def test_success_ends_the_episode_with_reward_one():
-    class Succeeds(gym.Env):
-        observation_space = gym.spaces.Box(-1, 1, (3,))
-        action_space = gym.spaces.Box(-1, 1, (2,))
-
-        def reset(self, seed=None, options=None):
-            self.t = 0
-            return np.zeros(3, np.float32), {}
-
-        def step(self, action):
-            self.t += 1
-            return np.zeros(3, np.float32), -0.1 if self.t < 3 else 10.0, False, False, {"success": self.t >= 3}
-
     from pi_dec.suites import SuccessEndsEpisode
 
-    env = SuccessEndsEpisode(Succeeds())
+    env = SuccessEndsEpisode(SucceedsAt({3, 4, 5}))
     env.reset()
     assert [env.step(np.zeros(2))[1:3] for _ in range(3)] == [(0.0, False), (0.0, False), (1.0, True)]
+
+
+def test_run_past_success_counts_the_steps_with_success():
+    from pi_dec.suites import SuccessEndsEpisode
+
+    env = SuccessEndsEpisode(SucceedsAt({3, 4}), end_at_success=False)
+    for _ in range(2):  # the count starts again with each episode
+        env.reset()
+        steps = [env.step(np.zeros(2)) for _ in range(5)]
+        assert [s[2] for s in steps] == [False] * 5 and [s[3] for s in steps] == [False] * 4 + [True]
+        assert [s[1] for s in steps] == [0.0, 0.0, 1.0, 1.0, 0.0]
+        assert [s[4]["success_steps"] for s in steps] == [0, 0, 1, 2, 2]
+
+
+@needs_experts
+def test_dapg_rule_counts_the_goal_steps_of_episodes_run_to_the_time_limit():
+    """evaluate_on_seeds(strict=25) on Door with the (deterministic) expert: per episode, the steps with success
+    over all 200, as a plain gymnasium loop from the same seed counts them."""
+    from pi_dec.demos.adroit import load_expert
+    from pi_dec.experiment import evaluate_on_seeds
+
+    env_id, seeds = "AdroitHandDoorSparse-v1", [200_000, 200_001]
+    expert = load_expert(env_id, EXPERT_DIR)
+    out = evaluate_on_seeds(env_id, "pd_joint_pos", 1, lambda obs: np.stack([expert(o[-1].astype(np.float64))
+                                                                             for o in obs])[:, None], seeds,
+                            num_envs=2, strict=25)
+    raw = gym.make(env_id, max_episode_steps=200)
+    counts = []
+    for seed in seeds:
+        obs, _ = raw.reset(seed=seed)
+        count = 0
+        for _ in range(200):
+            action = np.clip(expert(obs), raw.action_space.low, raw.action_space.high)
+            obs, _, _, _, info = raw.step(action)
+            count += bool(info["success"])
+        counts.append(count)
+    assert out["success_steps"] == counts and out["len"] == [200, 200]  # run on past the first success
+    assert max(counts) > 25 and out["success_strict"] == [float(c > 25) for c in counts]
+    assert out["success"] == [float(c > 0) for c in counts]
 
 
 def test_suite_seam_answers_for_each_family():

@@ -105,7 +105,7 @@ def test_rlpd_variant_of_an_experiment_shares_the_base_and_is_evaluated_alone(do
     """run_experiment with the rlpd variant of a (tiny) Door budget: the base trained for Policy Decorator is
     reused, and the refined policy is RLPD's actor, one action per step, evaluated on the same seeds."""
     from pi_dec.experiment import Budget, run_experiment
-    from pi_dec.results import variant_budget
+    from pi_dec.results import Places, add_strict, variant_budget
 
     budget = Budget(
         num_demos=2, control_mode="pd_joint_pos",
@@ -116,13 +116,33 @@ def test_rlpd_variant_of_an_experiment_shares_the_base_and_is_evaluated_alone(do
                      "--log-freq", "32", "--save-freq", "0", "--num-threads", "1", "--hidden-dim", "16", "--utd", "0.5"],
         eval_episodes=2)
     data = door_demos / "AdroitHandDoorSparse-v1"
-    seeds = [200_000, 200_001]
-    ours = run_experiment("AdroitHandDoorSparse-v1", "diffusion", 1, budget, tmp_path, data, seeds, video=False)
+    seeds = [200_000, 200_001]  # the first validation seeds
+    places = Places(tmp_path / "results", tmp_path / "output")
+    base_dir = places.experiment_dir("AdroitHandDoorSparse-v1", "diffusion", 1)
+    ours = run_experiment("AdroitHandDoorSparse-v1", "diffusion", 1, budget, base_dir, data, seeds, video=False)
     baseline = run_experiment("AdroitHandDoorSparse-v1", "diffusion", 1, variant_budget(budget, "rlpd"),
-                              tmp_path / "rlpd", data, seeds, video=False, base_dir=tmp_path)
+                              base_dir / "rlpd", data, seeds, video=False, base_dir=base_dir)
     assert baseline["base_reused"] and baseline["base_run"] == ours["base_run"]
     assert baseline["success_base"] == ours["success_base"]  # the base sampled as Policy Decorator samples it
-    # ... found as the same evaluation: the base alone was evaluated once for both
-    assert [e["key"]["sampler"] for e in json.loads((tmp_path / "base_evals.json").read_text())] == ["as online"]
+    # ... found as the same evaluation: the base alone was evaluated once for both, and once under DAPG's rule
+    cache = base_dir / "base_evals.json"
+    entries = [(e["key"]["sampler"], e["key"].get("strict")) for e in json.loads(cache.read_text())]
+    assert entries == [("as online", None), ("as online", 25)]
+    assert baseline["success_strict_base"] == ours["success_strict_base"]
     assert baseline["online_env_steps"] == ours["online_env_steps"] == 64 * 4
     assert "RLPD" in baseline["online_run"] and 0 <= baseline["success_refined"] <= 1
+    assert 0 <= baseline["success_strict_refined"] <= 1 and 0 <= ours["success_strict_refined"] <= 1
+
+    # `results strict` adds the rate to summaries made before it was measured, from their run folders
+    runs = places.results / "val"
+    runs.mkdir(parents=True)
+    for variant, summary in (("pi_dec", ours), ("rlpd", baseline)):
+        earlier = {k: v for k, v in summary.items() if not k.startswith("success_strict")} | {"variant": variant}
+        (runs / f"AdroitHandDoorSparse-v1_diffusion_{variant}_1.json").write_text(json.dumps(earlier))
+    budgets = {("AdroitHandDoorSparse-v1", "diffusion"): budget}
+    assert len(add_strict("val", places, budgets)) == 2 and add_strict("val", places, budgets) == []
+    for variant, summary in (("pi_dec", ours), ("rlpd", baseline)):
+        added = json.loads((runs / f"AdroitHandDoorSparse-v1_diffusion_{variant}_1.json").read_text())
+        assert {k: added[k] for k in ("success_strict_base", "success_strict_refined")} == {
+            k: summary[k] for k in ("success_strict_base", "success_strict_refined")}  # seeded: the same numbers
+    assert len(json.loads(cache.read_text())) == 2  # the base's came from the cache
