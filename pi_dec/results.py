@@ -395,7 +395,9 @@ def _protocol(rs: list[dict]) -> str:
 def _strict(rs: list[dict], key: str) -> str:
     """DAPG's success rate of a row, over the runs that measured it."""
     values = [r[key] for r in rs if key in r]
-    return _stat(values) + (f" ({len(values)} of {len(rs)})" if len(values) < len(rs) else "") if values else ""
+    if not values:
+        return ""
+    return _stat(values) + (f" ({len(values)} of {len(rs)})" if len(values) < len(rs) else "")
 
 
 def report(results: Path = RESULTS, readme: Path | None = ROOT / "README.md") -> str:
