@@ -374,10 +374,17 @@ def ensure_demos(env_id: str, budget: Budget, data_dir: Path) -> float:
         "--out", data_dir, "--num-procs", 2, *budget.demo_args])
 
 
-def code_commit() -> str:
-    """The repository's commit, "-dirty" if the tree has changes: what a summary was measured with."""
-    return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                          cwd=ROOT).stdout.strip() or "unknown"
+def code_commit(root: Path = ROOT) -> str:
+    """The repository's commit, "-dirty" if tracked code has changes: what a summary was measured with. Results
+    and the README are left out, since every run's report rewrites them and they change no behaviour."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=root).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results",
+                  ":(exclude)README.md")
+    return commit + ("-dirty" if changed else "")
 
 
 def run_experiment(env_id: str, kind: str, seed: int, budget: Budget, out: Path, data_dir: Path,

@@ -2,14 +2,15 @@
 
 import json
 import math
-
+import subprocess
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from pi_dec.experiment import ROOT, Budget, evaluate_on_seeds, mean_squared_jerk, remembered, run_experiment
+from pi_dec.experiment import (ROOT, Budget, code_commit, evaluate_on_seeds, mean_squared_jerk, remembered,
+                               run_experiment)
 from pi_dec.quickstart import QUICKSTART
 from pi_dec.results import (BUDGETS, TEST_SEEDS, VAL_SEEDS, VARIANTS, keep_earlier_budget, report, set_flags,
                             variant_budget, with_flags, without)
@@ -103,6 +104,26 @@ def test_set_flags_replaces_present_flags_and_appends_missing_ones():
     assert set_flags(args, res_scale=2, prog_explore=1) == ["--res-scale", "2", "--critic-layer-norm",
                                                             "--prog-explore", "1"]
     assert args[1] == "0.1"
+
+
+def test_the_commit_is_dirty_for_changed_code_but_not_for_rewritten_results(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / "results").mkdir()
+    for name in ("README.md", "results/README.md", "code.py"):
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "README.md").write_text("b\n")  # what a run's report rewrites
+    (tmp_path / "results/README.md").write_text("b\n")
+    (tmp_path / "results/new.json").write_text("{}")
+    assert code_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("b\n")
+    assert code_commit(tmp_path) == head + "-dirty"
 
 
 def test_validation_and_test_seeds_are_disjoint_and_apart_from_the_demos():
