@@ -108,16 +108,15 @@ def test_set_flags_replaces_present_flags_and_appends_missing_ones():
 
 def test_the_commit_is_dirty_for_changed_code_but_not_for_rewritten_results(tmp_path):
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
     (tmp_path / "results").mkdir()
     for name in ("README.md", "results/README.md", "code.py"):
         (tmp_path / name).write_text("a\n")
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "x")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
-                          text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD")
     (tmp_path / "README.md").write_text("b\n")  # what a run's report rewrites
     (tmp_path / "results/README.md").write_text("b\n")
     (tmp_path / "results/new.json").write_text("{}")
